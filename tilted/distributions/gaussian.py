@@ -1,0 +1,235 @@
+"""Gaussian diffusion (DDPM, DDIM with η ≥ 0) as a sequential Pyro distribution.
+
+Levels k = K, …, 0 carry noise levels ᾱ_k (``alphas_cumprod`` of the training schedule read at the
+inference timesteps τ_k; ᾱ_0 is the final level, 1 by default). x_K ~ N(0, I). Step k predicts
+x̂_0 = x̂_0(x_k, τ_k), sets ε̂ = (x_k − √ᾱ_k x̂_0)/√(1 − ᾱ_k) and draws
+
+    x_{k-1} ~ N( √ᾱ_{k-1} x̂_0 + √(1 − ᾱ_{k-1} − σ_k²) ε̂ ,  σ_k² I ),
+    σ_k² = η² (1 − ᾱ_{k-1})/(1 − ᾱ_k) · (1 − ᾱ_k/ᾱ_{k-1})        (Song et al. 2021, eq. 16).
+
+η = 1 is DDPM with the "fixed_small" variance (Ho et al. 2020, eq. 7), η = 0 deterministic DDIM.
+With ᾱ_0 = 1 the last step is the deterministic map x_0 = x̂_0(x_1): it has no density, and
+engines treat it as an identity move followed by the exact reward.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+import torch
+from pyro.distributions import Delta
+
+from tilted.distributions.process import SequentialProcess
+from tilted.errors import ModelError, NoDensityError, ShapeError
+
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+BETA_SCHEDULES = {"linear": "linear", "scaled_linear": "scaled_linear", "cosine": "squaredcos_cap_v2"}
+
+
+class DataLaw(Protocol):
+    """A data distribution with an exact denoiser: ``posterior_mean`` is E[x_0 | x_t] at level ᾱ."""
+
+    event_shape: torch.Size
+
+    def posterior_mean(self, x: torch.Tensor, alpha_cumprod: float) -> torch.Tensor: ...
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor: ...
+
+
+class PointMass(Delta):
+    """The law of a deterministic step: sampling returns the point, densities do not exist."""
+
+    def log_prob(self, value):
+        raise NoDensityError(
+            "this step is deterministic (σ = 0: DDIM with η = 0, or a final step to ᾱ = 1) and has no "
+            "transition density; use η > 0 for an engine that needs p(x_{k-1} | x_k)"
+        )
+
+
+def _diffusers_schedule(schedule, num_train_timesteps: int, timestep_spacing: str):
+    """A diffusers scheduler describing the training noise schedule (betas or ᾱ)."""
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    if hasattr(schedule, "alphas_cumprod") and hasattr(schedule, "config"):
+        return type(schedule).from_config(schedule.config)
+    if isinstance(schedule, str):
+        if schedule not in BETA_SCHEDULES:
+            raise ModelError(f"unknown schedule {schedule!r}; use one of {sorted(BETA_SCHEDULES)} or a tensor of ᾱ")
+        kind = BETA_SCHEDULES[schedule]
+        extra = {"beta_start": 0.00085, "beta_end": 0.012} if schedule == "scaled_linear" else {}
+        return DDPMScheduler(
+            num_train_timesteps=num_train_timesteps, beta_schedule=kind, timestep_spacing=timestep_spacing, **extra
+        )
+    ac = torch.as_tensor(schedule, dtype=torch.float64)
+    if ac.ndim != 1 or ac.numel() < 2:
+        raise ModelError(f"alphas_cumprod must be a 1-D tensor of training noise levels, got shape {tuple(ac.shape)}")
+    if not torch.isfinite(ac).all() or (ac <= 0).any() or (ac > 1).any() or (ac[1:] >= ac[:-1]).any():
+        raise ModelError("alphas_cumprod must be finite, in (0, 1] and strictly decreasing")
+    betas = 1 - ac / torch.cat([ac.new_ones(1), ac[:-1]])
+    return DDIMScheduler(
+        num_train_timesteps=ac.numel(), trained_betas=betas.numpy(), timestep_spacing=timestep_spacing
+    )
+
+
+class GaussianDiffusion(SequentialProcess):
+    """A pretrained Gaussian diffusion model as a Pyro distribution over x_0 (see module docstring).
+
+    Parameters
+    ----------
+    denoiser
+        ``denoiser(x_t, t, **context) -> prediction`` (a ``torch.nn.Module`` or any callable; an
+        output with a ``.sample`` attribute, as diffusers models return, is unwrapped). ``t`` is a
+        ``long`` tensor of shape (batch,) holding the training timestep τ_k.
+    data
+        A data law with an exact denoiser (for example :class:`~tilted.distributions.GaussianMixture`),
+        used instead of ``denoiser``: a "pretrained" model with no training.
+    event_shape
+        Shape of one sample; taken from ``data`` when given.
+    num_steps
+        Number of inference steps K.
+    eta
+        DDIM stochasticity: 1 is DDPM, 0 deterministic DDIM (no transition densities).
+    schedule
+        ``"linear"``, ``"scaled_linear"``, ``"cosine"``, a 1-D tensor of training ᾱ_t, or a diffusers
+        scheduler (its ᾱ, spacing, offset and final ᾱ are used).
+    num_train_timesteps, timestep_spacing
+        Training schedule length and spacing of the inference timesteps (``"leading"``,
+        ``"trailing"``, ``"linspace"``, as in diffusers).
+    prediction_type
+        What the denoiser predicts: ``"epsilon"``, ``"sample"`` (x_0) or ``"v_prediction"``.
+    clip_sample
+        Clip x̂_0 to [−c, c] (images: 1.0); ``None`` (default) does not clip.
+    final_alpha_cumprod
+        ᾱ_0 of the last level; 1 makes the last step deterministic.
+    context
+        Keyword arguments passed to every denoiser call (conditioning).
+    """
+
+    def __init__(
+        self,
+        denoiser: Callable[..., Any] | None = None,
+        *,
+        data: DataLaw | None = None,
+        event_shape: tuple[int, ...] | torch.Size | None = None,
+        num_steps: int = 100,
+        eta: float = 1.0,
+        schedule: Any = "linear",
+        num_train_timesteps: int = 1000,
+        timestep_spacing: str = "trailing",
+        prediction_type: str = "epsilon",
+        clip_sample: float | None = None,
+        final_alpha_cumprod: float | None = None,
+        context: Mapping[str, Any] | None = None,
+    ):
+        if (denoiser is None) == (data is None):
+            raise ModelError("give exactly one of denoiser= (a network or callable) and data= (a data law)")
+        if data is not None:
+            if event_shape is not None and torch.Size(event_shape) != torch.Size(data.event_shape):
+                raise ShapeError(f"event_shape {tuple(event_shape)} differs from the data law's {tuple(data.event_shape)}")
+            event_shape = data.event_shape
+            prediction_type = "sample"
+        if event_shape is None:
+            raise ModelError("event_shape is required with a denoiser, e.g. event_shape=(3, 64, 64)")
+        if prediction_type not in PREDICTION_TYPES:
+            raise ModelError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+        eta = float(eta)
+        if not math.isfinite(eta) or eta < 0:
+            raise ModelError(f"eta must be finite and ≥ 0, got {eta}")
+        if clip_sample is not None and not clip_sample > 0:
+            raise ModelError(f"clip_sample must be a positive bound or None, got {clip_sample}")
+        scheduler = _diffusers_schedule(schedule, num_train_timesteps, timestep_spacing)
+        train_ac = scheduler.alphas_cumprod.to(torch.float64)
+        if not torch.isfinite(train_ac).all() or (train_ac <= 0).any():
+            raise ModelError("the noise schedule has non-finite or non-positive ᾱ; check the betas")
+        if num_steps > train_ac.numel():
+            raise ModelError(f"num_steps={num_steps} exceeds the {train_ac.numel()} training timesteps")
+        scheduler.set_timesteps(num_steps)
+        if final_alpha_cumprod is None:
+            one = getattr(scheduler.config, "set_alpha_to_one", True)
+            final_alpha_cumprod = 1.0 if one else float(train_ac[0])
+        super().__init__(event_shape, num_steps)
+        self.denoiser = denoiser
+        self.data = data
+        self.eta = eta
+        self.prediction_type = prediction_type
+        self.clip_sample = clip_sample
+        self.context = dict(context or {})
+        self.scheduler = scheduler
+        #: inference timesteps τ_K > … > τ_1, in sampling order (as diffusers' ``scheduler.timesteps``)
+        self.timesteps = scheduler.timesteps.to(torch.long).clone()
+        levels = torch.cat([torch.tensor([float(final_alpha_cumprod)], dtype=torch.float64), train_ac[self.timesteps.flip(0)]])
+        if (levels[1:] >= levels[:-1]).any():
+            raise ModelError("inference noise levels must strictly decrease from x_0 to x_K")
+        #: ᾱ_k for levels k = 0, …, K (index by level)
+        self.alphas_cumprod = levels
+        prev, cur = levels[:-1], levels[1:]
+        var = eta**2 * (1 - prev) / (1 - cur) * (1 - cur / prev)
+        #: σ_k for k = 0, …, K (σ_0 = 0 is unused)
+        self.sigmas = torch.cat([levels.new_zeros(1), var.clamp_min(0).sqrt()])
+
+    # -- coefficients -------------------------------------------------------------------------
+    def timestep(self, k: int) -> int:
+        """Training timestep τ_k of level k ≥ 1."""
+        return int(self.timesteps[self.num_steps - k])
+
+    def is_deterministic(self, k: int) -> bool:
+        return bool(self.sigmas[k] == 0)
+
+    # -- the chain --------------------------------------------------------------------------
+    def initial(self):
+        loc = torch.zeros(self.event_shape)
+        return torch.distributions.Independent(torch.distributions.Normal(loc, 1.0), len(self.event_shape))
+
+    def draw_initial(self, shape, generator=None):
+        return torch.randn(torch.Size(shape) + self.event_shape, generator=generator)
+
+    def predict(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """x̂_0(x_k): the exact posterior mean for a data law, else the converted network output."""
+        if x.shape[x.ndim - len(self.event_shape) :] != self.event_shape:
+            raise ShapeError(f"expected x with trailing shape {tuple(self.event_shape)}, got {tuple(x.shape)}")
+        a = float(self.alphas_cumprod[k])
+        if self.data is not None:
+            out = self.data.posterior_mean(x, a)
+        else:
+            batch = x.shape[: x.ndim - len(self.event_shape)]
+            flat = x.reshape((-1,) + self.event_shape)
+            t = torch.full((flat.shape[0],), self.timestep(k), dtype=torch.long, device=x.device)
+            out = self.denoiser(flat, t, **self.context)
+            out = getattr(out, "sample", out)
+            if not isinstance(out, torch.Tensor) or out.shape != flat.shape:
+                got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+                raise ShapeError(
+                    f"the denoiser returned {got} for an input of shape {tuple(flat.shape)}; it must return one "
+                    f"{self.prediction_type} prediction per input element (same shape as x_t)"
+                )
+            out = out.to(x.dtype).reshape(batch + self.event_shape)
+            if self.prediction_type == "epsilon":
+                out = (x - math.sqrt(1 - a) * out) / math.sqrt(a)
+            elif self.prediction_type == "v_prediction":
+                out = math.sqrt(a) * x - math.sqrt(1 - a) * out
+        if self.clip_sample is not None:
+            out = out.clamp(-self.clip_sample, self.clip_sample)
+        return out
+
+    def transition_moments(self, x: torch.Tensor, k: int, prediction: torch.Tensor | None = None):
+        """Mean and standard deviation (a float) of p(x_{k-1} | x_k)."""
+        x0 = self.predict(x, k) if prediction is None else prediction
+        a, a_prev = float(self.alphas_cumprod[k]), float(self.alphas_cumprod[k - 1])
+        sigma = float(self.sigmas[k])
+        eps = (x - math.sqrt(a) * x0) / math.sqrt(1 - a)
+        mean = math.sqrt(a_prev) * x0 + math.sqrt(max(1 - a_prev - sigma**2, 0.0)) * eps
+        return mean, sigma
+
+    def transition(self, x, k, prediction=None):
+        mean, sigma = self.transition_moments(x, k, prediction)
+        if sigma == 0:
+            return PointMass(mean, event_dim=len(self.event_shape))
+        return torch.distributions.Independent(torch.distributions.Normal(mean, sigma), len(self.event_shape))
+
+    def draw_transition(self, x, k, generator=None, prediction=None):
+        mean, sigma = self.transition_moments(x, k, prediction)
+        if sigma == 0:
+            return mean
+        return mean + sigma * torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)

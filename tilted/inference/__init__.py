@@ -1,0 +1,1 @@
+"""Inference engines: sequential Monte Carlo, importance sampling (guidance and search to come)."""

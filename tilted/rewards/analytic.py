@@ -1,0 +1,47 @@
+"""Analytic rewards whose tilts of Gaussian laws are known in closed form."""
+
+from __future__ import annotations
+
+import torch
+
+from tilted.errors import ShapeError
+
+
+class Quadratic:
+    """r(x) = xᵀ A x + bᵀ x + c over the last dimension of x (A symmetric).
+
+    A Gaussian N(m, S) tilted by exp(r/α) is Gaussian again when S⁻¹ − 2A/α ≻ 0 (see
+    :mod:`tilted.reference`). ``Quadratic(A=torch.diag(torch.tensor([-0.01, -1.0])))`` is the DAS
+    toy reward −x²/100 − y².
+    """
+
+    def __init__(self, A=None, b=None, c: float = 0.0, dim: int | None = None):
+        if A is None and b is None and dim is None:
+            raise ShapeError("give A, b or dim so that the dimension of the reward is known")
+        if dim is None:
+            dim = (torch.as_tensor(A) if A is not None else torch.as_tensor(b)).shape[-1]
+        A = torch.zeros(dim, dim) if A is None else torch.as_tensor(A)
+        b = torch.zeros(dim) if b is None else torch.as_tensor(b)
+        if A.shape != (dim, dim) or b.shape != (dim,):
+            raise ShapeError(f"Quadratic reward: A must be ({dim}, {dim}) and b ({dim},), got {tuple(A.shape)}, {tuple(b.shape)}")
+        self.A = (0.5 * (A + A.T)).to(torch.float64)
+        self.b = b.to(torch.float64)
+        self.c = float(c)
+
+    @classmethod
+    def linear(cls, b, c: float = 0.0) -> Quadratic:
+        """r(x) = bᵀ x + c."""
+        return cls(b=b, c=c)
+
+    @property
+    def dim(self) -> int:
+        return self.b.shape[0]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.dim:
+            raise ShapeError(f"Quadratic reward of dimension {self.dim} got x of shape {tuple(x.shape)}")
+        A, b = self.A.to(x.dtype), self.b.to(x.dtype)
+        return ((x @ A) * x).sum(-1) + x @ b + self.c
+
+    def __repr__(self) -> str:
+        return f"Quadratic(A={self.A.tolist()}, b={self.b.tolist()}, c={self.c})"
