@@ -1,0 +1,115 @@
+"""The result every engine returns: weighted particles, evidence, per-step traces and compute counts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from tilted._random import Seed, as_generator
+from tilted.inference.weights import ess as _ess
+from tilted.inference.weights import normalize
+
+
+@dataclass
+class Counts:
+    """Compute used, counted in particle evaluations (a batch of B particles counts B)."""
+
+    denoiser_calls: int = 0
+    reward_calls: int = 0
+    gradient_evaluations: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(vars(self))
+
+
+@dataclass
+class StepTrace:
+    """Per-step records, one row per step s = 0 (initial draw of x_K), 1, …, K (the move to x_0).
+
+    ``ess`` and ``log_evidence_increments`` have shape (S, R); ``resampled`` (S, R) says whether
+    the particles were resampled after the step; ``lambdas`` (S, F, R) holds λ of each factor;
+    ``ancestors`` (S, R, N) the ancestor indices used after the step (identity when not resampled).
+    """
+
+    ess: torch.Tensor
+    resampled: torch.Tensor
+    lambdas: torch.Tensor
+    log_evidence_increments: torch.Tensor
+    ancestors: torch.Tensor
+    timesteps: torch.Tensor
+
+
+@dataclass
+class Result:
+    """Weighted particles approximating the tilted target, from any engine.
+
+    Attributes
+    ----------
+    particles
+        Every site of the model, replayed with the final states: ``(N, *event)``, or
+        ``(R, N, *event)`` with ``num_runs=R``.
+    log_weights
+        Normalised log weights, ``(N,)`` or ``(R, N)``.
+    log_evidence
+        log Ẑ, an estimate of log E_{p_θ}[exp(Σ_k r_k/α_k)], ``()`` or ``(R,)``.
+    rewards
+        The final reward of every particle, per factor.
+    trace
+        Per-step :class:`StepTrace`; ``None`` for engines without steps.
+    counts
+        :class:`Counts` of denoiser calls, reward calls and gradient evaluations.
+    """
+
+    particles: dict[str, torch.Tensor]
+    log_weights: torch.Tensor
+    log_evidence: torch.Tensor
+    rewards: dict[str, torch.Tensor]
+    site: str
+    trace: StepTrace | None = None
+    counts: Counts = field(default_factory=Counts)
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def batched(self) -> bool:
+        return self.log_weights.ndim == 2
+
+    @property
+    def num_particles(self) -> int:
+        return self.log_weights.shape[-1]
+
+    @property
+    def weights(self) -> torch.Tensor:
+        return self.log_weights.exp()
+
+    @property
+    def ess(self) -> torch.Tensor:
+        """Kish effective sample size of the final weights (per run)."""
+        return _ess(self.log_weights)
+
+    def sample(self, num_samples: int, seed: Seed = None) -> dict[str, torch.Tensor]:
+        """Equally weighted draws (multinomial on the final weights): site → ``(num_samples, *event)``.
+
+        With several runs, draws are taken in each run: ``(R, num_samples, *event)``.
+        """
+        gen = as_generator(seed)
+        w = normalize(self.log_weights.to(torch.float64)).exp()
+        idx = torch.multinomial(w.reshape(-1, w.shape[-1]), num_samples, replacement=True, generator=gen)
+        return {name: self._take(v, idx) for name, v in self.particles.items()}
+
+    def best(self, num: int = 1) -> dict[str, torch.Tensor]:
+        """The ``num`` particles of largest weight, best first (best-of-N after importance sampling)."""
+        idx = torch.topk(self.log_weights.reshape(-1, self.num_particles), num, dim=-1).indices
+        return {name: self._take(v, idx) for name, v in self.particles.items()}
+
+    def mean(self, site: str | None = None) -> torch.Tensor:
+        """Self-normalised weighted mean of a site (per run)."""
+        v = self.particles[site or self.site].to(torch.float64)
+        w = normalize(self.log_weights.to(torch.float64)).exp()
+        return (w.reshape(w.shape + (1,) * (v.ndim - w.ndim)) * v).sum(w.ndim - 1)
+
+    def _take(self, value: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        if not self.batched:
+            return value[idx[0]]
+        return value[torch.arange(idx.shape[0])[:, None], idx]

@@ -1,0 +1,424 @@
+"""Sequential Monte Carlo for reward-tilted diffusion targets (DAS, TDS, FK steering, and more).
+
+Notes
+-----
+The Feynman–Kac system walks the chain's levels k = K, …, 0 with N particles per run:
+
+- M_K: x_K ~ q_K (the prior N(0, I), or N(g, I) with the gradient proposal, g = ∇ψ_K at 0);
+  G_K = log N(x_K; 0, I) − log q_K(x_K) + ψ_K(x_K).
+- M_k: x_{k-1} ~ q_k(· | x_k), the prior kernel or its gradient-guided shift (proposals module);
+  G_k = log p_k(x_{k-1} | x_k) − log q_k(x_{k-1} | x_k) + ψ_{k-1}(x_{k-1}) − ψ_k(x_k).
+- ψ_0 = Σ_j r_j(x_0)/α_j exactly, with λ = 1; ψ_k for k > 0 comes from the potential
+  (potentials module) and the tempering schedules λ_{j,k} of the factor statements.
+- Resampling after a step when ESS < κN (or on a fixed interval inside a window); every carried
+  per-particle quantity (x_k, x̂_0(x_k), rewards and their gradients, ψ_k) is gathered by ancestor.
+- log Ẑ += log Σ_i W̄_i exp(G_i) with the normalised weights W̄ before the step: valid with
+  adaptive resampling; Ẑ is unbiased for fixed schedules, consistent with adaptive tempering.
+
+Each step makes one batched denoiser call and one reward call per factor (with one gradient per
+factor for the gradient proposal), evaluated in micro-batches of ``batch_size`` particles.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, fields, replace
+
+import torch
+from tqdm.auto import tqdm
+
+from tilted._random import Seed, as_generator
+from tilted.distributions.gaussian import GaussianDiffusion
+from tilted.errors import DegenerateWeightsError, ModelError, NoDensityError, NonFiniteError
+from tilted.inference.potentials import Potential, Terminal, Twist, as_potential
+from tilted.inference.proposals import PROPOSALS, gaussian_move
+from tilted.inference.resampling import get_resampler
+from tilted.inference.result import Counts, Result, StepTrace
+from tilted.inference.weights import ess, normalize
+from tilted.plan import Plan, read_plan
+from tilted.tempering import Tempering, as_tempering
+
+
+@dataclass(frozen=True)
+class State:
+    """Particles of R runs × N particles at level ``level``; every tensor's dims start (R, N) or (F, R, N)."""
+
+    level: int
+    x: torch.Tensor  # (R, N, *E)
+    x0: torch.Tensor | None  # x̂_0(x), (R, N, *E)
+    rewards: torch.Tensor | None  # r_j(x̂_0(x)), (F, R, N)
+    grads: torch.Tensor | None  # ∇_x r_j(x̂_0(x)), (F, R, N, *E)
+    psi: torch.Tensor  # ψ_k(x), (R, N) float64
+    log_weights: torch.Tensor  # normalised, (R, N) float64
+    log_evidence: torch.Tensor  # (R,) float64
+    lambdas: torch.Tensor  # λ_{j,k}, (F, R) float64
+
+    def gather(self, ancestors: torch.Tensor) -> State:
+        """Every per-particle quantity re-indexed by the ancestors (R, N); weights become uniform."""
+        runs = torch.arange(ancestors.shape[0])[:, None]
+        out = {}
+        for name in ("x", "x0", "psi"):
+            v = getattr(self, name)
+            out[name] = None if v is None else v[runs, ancestors]
+        for name in ("rewards", "grads"):
+            v = getattr(self, name)
+            out[name] = None if v is None else v[:, runs, ancestors]
+        n = ancestors.shape[-1]
+        uniform = torch.full_like(self.log_weights, -math.log(n))
+        return replace(self, log_weights=uniform, **out)
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """What happened at one step (one row of the result's :class:`StepTrace`)."""
+
+    ess: torch.Tensor
+    resampled: torch.Tensor
+    lambdas: torch.Tensor
+    log_evidence_increment: torch.Tensor
+    ancestors: torch.Tensor
+
+
+class SMC:
+    """Sequential Monte Carlo sampler of p_tar(x_0) ∝ p_θ(x_0) exp(Σ_j r_j(x_0)/α_j).
+
+    Parameters
+    ----------
+    model
+        A Pyro model with one sequential site and ``tilted.factor`` statements.
+    num_particles
+        N, particles per run.
+    proposal
+        ``"prior"`` (bootstrap) or ``"gradient"`` (N(μ + σ²∇ψ, σ²I), with the exact p/q correction).
+    potential
+        ``"tweedie"`` (default), ``"difference"`` (same), ``"max"``, ``"sum"``, ``"terminal"``, a
+        :class:`~tilted.inference.potentials.Potential` or a twist ``fn(x, k)``.
+    resampler
+        ``"systematic"`` (default), ``"stratified"``, ``"multinomial"``, ``"residual"``, ``"ssp"``.
+    ess_threshold
+        κ: resample after a step when ESS < κN (0 never, 1 always). Ignored with ``resample_every``.
+    resample_every, resample_window
+        Resample every m-th step s (s = 1, …, K counted from x_K) with s in [start, end] instead of
+        by ESS (FK steering).
+    tempering
+        Overrides every factor's schedule (``None`` keeps the model's).
+    num_runs
+        R independent runs batched in one call; results gain a leading run dimension.
+    batch_size
+        Particles per denoiser/reward evaluation (bounds memory; results are unchanged).
+    progress
+        Show a progress bar (``None``: only in an interactive terminal or notebook).
+    """
+
+    def __init__(
+        self,
+        model,
+        num_particles: int,
+        *,
+        proposal: str = "prior",
+        potential: Potential | str = "tweedie",
+        resampler: str = "systematic",
+        ess_threshold: float = 0.5,
+        resample_every: int | None = None,
+        resample_window: tuple[int, int] | None = None,
+        tempering: Tempering | str | None = None,
+        num_runs: int | None = None,
+        batch_size: int | None = None,
+        progress: bool | None = None,
+    ):
+        if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
+            raise ValueError(f"num_particles must be a positive integer, got {num_particles!r}")
+        if proposal not in PROPOSALS:
+            raise ValueError(f"proposal must be one of {PROPOSALS}, got {proposal!r}")
+        if not 0 <= ess_threshold <= 1:
+            raise ValueError(f"ess_threshold must be in [0, 1], got {ess_threshold}")
+        if resample_every is not None and (not isinstance(resample_every, int) or resample_every < 1):
+            raise ValueError(f"resample_every must be a positive integer, got {resample_every!r}")
+        if num_runs is not None and (not isinstance(num_runs, int) or num_runs < 1):
+            raise ValueError(f"num_runs must be a positive integer or None, got {num_runs!r}")
+        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+            raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
+        self.model = model
+        self.num_particles = num_particles
+        self.proposal = proposal
+        self.potential = as_potential(potential)
+        self.resampler_name = resampler if isinstance(resampler, str) else getattr(resampler, "__name__", "custom")
+        self.resampler = get_resampler(resampler)
+        self.ess_threshold = float(ess_threshold)
+        self.resample_every = resample_every
+        self.resample_window = resample_window
+        self.tempering = None if tempering is None else as_tempering(tempering)
+        self.num_runs = num_runs
+        self.batch_size = batch_size
+        self.progress = progress
+
+    # -- configuration read from the model ---------------------------------------------------
+    def _setup(self, plan: Plan) -> None:
+        process = plan.process
+        if not isinstance(process, GaussianDiffusion):
+            raise ModelError(f"{type(self).__name__} runs Gaussian diffusion processes, got {type(process).__name__}")
+        K = process.num_steps
+        inner = [k for k in process.levels if k > 1 and process.is_deterministic(k)]
+        if inner and self.proposal == "gradient":
+            raise NoDensityError(
+                f"steps {inner[:3]}… are deterministic (η = 0): the gradient proposal needs the prior kernel's "
+                "density. Use eta > 0, or proposal='prior'"
+            )
+        if inner and not isinstance(self.potential, Terminal):
+            warnings.warn(
+                "the chain is deterministic (η = 0): SMC reduces to importance sampling over x_K and resampled "
+                "particles never diversify; use eta > 0",
+                stacklevel=3,
+            )
+        schedules = [self.tempering or f.tempering for f in plan.factors]
+        self._adaptive = next((s for s in schedules if s.adaptive), None)
+        table = [
+            torch.zeros(K + 1, dtype=torch.float64) if s.adaptive else s.lambdas(K).to(torch.float64) for s in schedules
+        ]
+        self._lambda_table = torch.stack(table) if table else torch.zeros(0, K + 1, dtype=torch.float64)
+        self._is_adaptive = torch.tensor([s.adaptive for s in schedules], dtype=torch.bool)
+        self._alpha = plan.temperatures
+        self._gradient = self.proposal == "gradient"
+        self.counts = Counts()
+
+    def _lambdas_at(self, s: int, adaptive: torch.Tensor) -> torch.Tensor:
+        """λ_{j} at step s for every factor and run, (F, R): fixed rows from the table, adaptive rows ``adaptive``."""
+        fixed = self._lambda_table[:, s, None].expand(-1, adaptive.shape[0])
+        return torch.where(self._is_adaptive[:, None], adaptive[None], fixed)
+
+    # -- evaluations ------------------------------------------------------------------------
+    def _evaluate(self, plan: Plan, x: torch.Tensor, k: int, with_rewards: bool, with_grads: bool):
+        """x̂_0(x), rewards (F, R, N) and reward gradients (F, R, N, *E) at level k, in micro-batches."""
+        process, shape, F = plan.process, x.shape, len(plan.factors)
+        flat = x.reshape((-1,) + process.event_shape)
+        size = self.batch_size or flat.shape[0]
+        x0s, rs, gs = [], [], []
+        for chunk in flat.split(size):
+            with torch.set_grad_enabled(with_grads):
+                xc = chunk.detach().requires_grad_(with_grads)
+                x0 = process.predict(xc, k)
+                r = plan.rewards(x0) if with_rewards else None
+                if with_grads and F:
+                    if not r.requires_grad:
+                        raise ModelError(
+                            "the gradient proposal needs rewards differentiable through the denoiser; "
+                            f"{[f.name for f in plan.factors]} gave no gradient. Use proposal='prior'"
+                        )
+                    gs.append(torch.stack([torch.autograd.grad(r[j].sum(), xc, retain_graph=j < F - 1)[0] for j in range(F)]))
+            x0s.append(x0.detach())
+            rs.append(None if r is None else r.detach())
+        n = flat.shape[0]
+        self.counts.denoiser_calls += n
+        x0 = torch.cat(x0s).reshape(shape)
+        rewards = torch.cat(rs, -1).reshape((F,) + shape[:2]) if with_rewards else None
+        if with_rewards:
+            self.counts.reward_calls += F * n
+        grads = None
+        if with_grads:
+            grads = torch.cat(gs, 1).reshape((F,) + shape) if F else x.new_zeros((0,) + shape)
+            self.counts.gradient_evaluations += F * n
+        return x0, rewards, grads
+
+    def _final_rewards(self, plan: Plan, x: torch.Tensor) -> torch.Tensor:
+        r = plan.rewards(x)
+        self.counts.reward_calls += len(plan.factors) * x.shape[0] * x.shape[1]
+        return r
+
+    def _adaptive_lambda(self, state: State) -> torch.Tensor:
+        """The shared λ of the adaptive factors per run (zeros when there are none)."""
+        rows = state.lambdas[self._is_adaptive]
+        return rows[0] if rows.shape[0] else state.lambdas.new_zeros(state.x.shape[0])
+
+    def _drift(self, plan: Plan, state: State, k: int, lambdas: torch.Tensor) -> torch.Tensor | None:
+        """g = ∇ψ_{k-1} at x_k: Σ_j (λ_j/α_j) ∇r_j(x̂_0(x_k)), or the twist's gradient."""
+        if not self._gradient:
+            return None
+        if isinstance(self.potential, Twist):
+            self.counts.gradient_evaluations += state.x.shape[0] * state.x.shape[1]
+            return self.potential.gradient(state.x, k - 1)
+        if state.grads is None or not len(plan.factors):
+            return None
+        coef = lambdas / self._alpha[:, None]
+        c = coef.to(state.grads.dtype).reshape(coef.shape + (1,) * (state.grads.ndim - 2))
+        return (c * state.grads).sum(0)
+
+    def _phi(self, plan: Plan, rewards: torch.Tensor | None, lambdas: torch.Tensor, ref: torch.Tensor):
+        """φ = Σ_j λ_j r_j / α_j per particle (R, N), float64."""
+        if rewards is None or not len(plan.factors):
+            return torch.zeros(ref.shape[:2], dtype=torch.float64)
+        alpha = self._alpha[:, None, None]
+        return (lambdas[:, :, None] * rewards.to(torch.float64) / alpha).sum(0)
+
+    # -- the Feynman–Kac system ---------------------------------------------------------------
+    def init(self, plan: Plan, generator: torch.Generator | None = None) -> tuple[State, StepInfo]:
+        """Draw x_K, weight it by G_K and (maybe) resample: the state at level K."""
+        self._setup(plan)
+        process, K = plan.process, plan.process.num_steps
+        R, N = self.num_runs or 1, self.num_particles
+        lam = self._lambdas_at(0, torch.zeros(R, dtype=torch.float64))
+        needs = self.potential.uses_rewards
+        drift = None
+        if self._gradient and (not needs or bool((lam != 0).any())):
+            origin = torch.zeros((1, 1) + process.event_shape)
+            probe = State(K, origin, None, None, None, origin.new_zeros(1, 1, dtype=torch.float64), None, None, lam[:, :1])
+            if needs:
+                _, _, grads = self._evaluate(plan, origin, K, True, True)
+                probe = replace(probe, grads=grads)
+            drift = self._drift(plan, probe, K + 1, lam[:, :1])
+        mean = torch.zeros((R, N) + process.event_shape)
+        x, log_ratio = gaussian_move(mean, 1.0, drift, len(process.event_shape), generator)
+        x0, rewards, grads = self._evaluate(plan, x, K, needs, self._gradient and needs)
+        psi = self.potential.start(self._phi(plan, rewards, lam, x), x, K)
+        state = State(K, x, x0, rewards, grads, psi, torch.full((R, N), -math.log(N), dtype=torch.float64),
+                      torch.zeros(R, dtype=torch.float64), lam)
+        return self._reweight(state, log_ratio + psi, 0, generator, last=False)
+
+    def step(self, plan: Plan, state: State, generator: torch.Generator | None = None) -> tuple[State, StepInfo]:
+        """Move x_k → x_{k-1}, weight by G_k, and (maybe) resample: the state at level k − 1."""
+        process, k = plan.process, state.level
+        s, last = process.num_steps - k + 1, k == 1
+        event_dim = len(process.event_shape)
+        # the drift uses λ of the next level; adaptive factors (λ not chosen yet) use their current λ
+        lam_guide = self._lambdas_at(s, self._adaptive_lambda(state))
+        if process.is_deterministic(k):
+            x_new = process.transition_moments(state.x, k, state.x0)[0]
+            log_ratio = torch.zeros(state.psi.shape, dtype=torch.float64)
+        else:
+            mean, sigma = process.transition_moments(state.x, k, state.x0)
+            x_new, log_ratio = gaussian_move(mean, sigma, self._drift(plan, state, k, lam_guide), event_dim, generator)
+        if last:
+            exact = state.rewards if process.is_deterministic(k) and state.rewards is not None else None
+            rewards = self._final_rewards(plan, x_new) if exact is None else exact
+            x0, grads = None, None
+        else:
+            needs = self.potential.uses_rewards
+            x0, rewards, grads = self._evaluate(plan, x_new, k - 1, needs, self._gradient and needs)
+
+        def increment(adaptive_lam: torch.Tensor):
+            lam = torch.ones_like(state.lambdas) if last else self._lambdas_at(s, adaptive_lam)
+            phi = self._phi(plan, rewards, lam, x_new)
+            psi = plan.log_factor(rewards).to(torch.float64) if last else self.potential.advance(state.psi, phi, x_new, k - 1)
+            return log_ratio + psi - state.psi, psi, lam
+
+        chosen = self._adaptive_lambda(state)
+        if self._adaptive is not None and not last:
+            chosen = self._adaptive.solve(lambda lam: state.log_weights + increment(lam)[0], chosen)
+        inc, psi, lam = increment(chosen)
+        new = replace(state, level=k - 1, x=x_new, x0=x0, rewards=rewards, grads=grads, psi=psi, lambdas=lam)
+        return self._reweight(new, inc, s, generator, last)
+
+    def _reweight(self, state: State, inc: torch.Tensor, s: int, generator, last: bool) -> tuple[State, StepInfo]:
+        _check_increment(inc, s)
+        joint = state.log_weights + inc
+        dlogz = torch.logsumexp(joint, -1)
+        log_weights = normalize(joint)
+        state = replace(state, log_weights=log_weights, log_evidence=state.log_evidence + dlogz)
+        cur_ess = ess(log_weights)
+        R, N = log_weights.shape
+        if last:
+            do = torch.zeros(R, dtype=torch.bool)
+        elif self.resample_every is not None:
+            lo, hi = self.resample_window or (1, 10**9)
+            due = lo <= s <= hi and (s - lo) % self.resample_every == 0
+            do = torch.full((R,), due, dtype=torch.bool)
+        else:
+            do = cur_ess < self.ess_threshold * N
+        ancestors = torch.arange(N).expand(R, N).clone()
+        if bool(do.any()):
+            drawn = self.resampler(log_weights, generator)
+            ancestors = torch.where(do[:, None], drawn, ancestors)
+            gathered = state.gather(ancestors)
+            keep = ~do[:, None]
+            state = replace(gathered, log_weights=torch.where(keep, log_weights, gathered.log_weights))
+        info = StepInfo(cur_ess, do, state.lambdas.clone(), dlogz, ancestors)
+        return state, info
+
+    # -- the loop ----------------------------------------------------------------------------
+    def run(self, *args, seed: Seed = None, **kwargs) -> Result:
+        """Run on ``model(*args, **kwargs)`` with an explicit seed or generator; return a :class:`Result`."""
+        plan = read_plan(self.model, *args, **kwargs)
+        generator = as_generator(seed)
+        state, info = self.init(plan, generator)
+        infos = [info]
+        bar = tqdm(plan.process.levels, desc=type(self).__name__, disable=_disable(self.progress), leave=False)
+        for _ in bar:
+            state, info = self.step(plan, state, generator)
+            infos.append(info)
+            lam = f"{float(info.lambdas.min()):.3f}" if info.lambdas.numel() else "-"
+            bar.set_postfix(ess=f"{float(info.ess.min()):.1f}", lam=lam, refresh=False)
+        return self._result(plan, state, infos)
+
+    def _result(self, plan: Plan, state: State, infos: list[StepInfo]) -> Result:
+        squeeze = self.num_runs is None
+        rewards = state.rewards if state.rewards is not None else plan.rewards(state.x)
+        R, N = state.log_weights.shape
+        flat_x = state.x.reshape((R * N,) + state.x.shape[2:])
+        values = plan.replay(flat_x, rewards.reshape(rewards.shape[0], R * N))
+        particles = {name: v.reshape((R, N) + v.shape[1:]) for name, v in values.items()}
+        per_factor = {f.name: rewards[j] for j, f in enumerate(plan.factors)}
+
+        def out(t):
+            return t[0] if squeeze else t
+
+        stack = lambda name: torch.stack([getattr(i, name) for i in infos])  # noqa: E731
+        trace = StepTrace(
+            ess=stack("ess"),
+            resampled=stack("resampled"),
+            lambdas=stack("lambdas"),
+            log_evidence_increments=stack("log_evidence_increment"),
+            ancestors=stack("ancestors"),
+            timesteps=torch.cat([plan.process.timesteps, torch.tensor([-1])]),
+        )
+        if squeeze:
+            trace = StepTrace(**{f.name: _squeeze_run(getattr(trace, f.name), f.name) for f in fields(trace)})
+        return Result(
+            particles={k: out(v) for k, v in particles.items()},
+            log_weights=out(state.log_weights),
+            log_evidence=out(state.log_evidence),
+            rewards={k: out(v) for k, v in per_factor.items()},
+            site=plan.site,
+            trace=trace,
+            counts=self.counts,
+            config=self.config(),
+        )
+
+    def config(self) -> dict:
+        """The engine's settings, for reports and reproducibility."""
+        return {
+            "engine": type(self).__name__,
+            "num_particles": self.num_particles,
+            "num_runs": self.num_runs,
+            "proposal": self.proposal,
+            "potential": repr(self.potential),
+            "resampler": self.resampler_name,
+            "ess_threshold": self.ess_threshold,
+            "resample_every": self.resample_every,
+            "resample_window": self.resample_window,
+            "tempering": repr(self.tempering),
+        }
+
+
+def _squeeze_run(t: torch.Tensor, name: str) -> torch.Tensor:
+    if name == "timesteps":
+        return t
+    return t[:, :, 0] if name == "lambdas" else t[:, 0]
+
+
+def _disable(progress: bool | None):
+    return None if progress is None else not progress
+
+
+def _check_increment(inc: torch.Tensor, s: int) -> None:
+    if torch.isnan(inc).any() or (inc == float("inf")).any():
+        raise NonFiniteError(
+            f"step {s}: {int((~torch.isfinite(inc)).sum())} incremental log weights are NaN or +inf; check the "
+            "denoiser output and the twist for non-finite values"
+        )
+    dead = torch.isneginf(inc).all(-1)
+    if dead.any():
+        raise DegenerateWeightsError(
+            f"step {s}: every particle of run(s) {dead.nonzero().flatten().tolist()[:5]} has weight zero; "
+            "the potential is −∞ everywhere: relax the constraint or raise the number of particles"
+        )
+
