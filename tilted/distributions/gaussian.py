@@ -169,6 +169,13 @@ class GaussianDiffusion(SequentialProcess):
         #: σ_k for k = 0, …, K (σ_0 = 0 is unused)
         self.sigmas = torch.cat([levels.new_zeros(1), var.clamp_min(0).sqrt()])
 
+    @classmethod
+    def from_diffusers(cls, denoiser, scheduler, num_steps: int, **kwargs) -> GaussianDiffusion:
+        """From a diffusers model and DDPM/DDIM scheduler: see :func:`tilted.distributions.from_diffusers`."""
+        from tilted.distributions.adapters import from_diffusers
+
+        return from_diffusers(denoiser, scheduler, num_steps, **kwargs)
+
     # -- coefficients -------------------------------------------------------------------------
     def timestep(self, k: int) -> int:
         """Training timestep τ_k of level k ≥ 1."""
