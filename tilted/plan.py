@@ -17,6 +17,7 @@ import pyro.poutine as poutine
 import torch
 from pyro.distributions.torch_distribution import ExpandedDistribution
 from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import site_is_subsample
 
 from tilted.distributions.process import SequentialProcess
 from tilted.errors import ModelError
@@ -39,7 +40,7 @@ class PlanReader(Messenger):
         self.factors: list[Factor] = []
 
     def _pyro_sample(self, msg):
-        if msg["is_observed"]:
+        if msg["is_observed"] or site_is_subsample(msg):  # (a pyro.plate's index site)
             return
         process = _unwrap(msg["fn"])
         if not isinstance(process, SequentialProcess):
@@ -138,7 +139,7 @@ class Plan:
         return {
             name: site["value"]
             for name, site in trace.nodes.items()
-            if site["type"] == "sample" and name not in names
+            if site["type"] == "sample" and name not in names and not site_is_subsample(site)
         }
 
 
