@@ -10,6 +10,11 @@ choice below: ψ only shapes the variance. With φ_k = Σ_j λ_{j,k} r_j(x̂_0(x
 - ``Terminal``: ψ_k = 0 before the end (importance sampling: no intermediate reward calls);
 - ``Twist(fn)``: ψ_k = fn(x_k, k), a user-supplied (e.g. learned or exact) soft value.
 
+The sum potential tilts the particles by about exp(K·r/α) before the final correction
+exp(r/α − Σ_k φ_k); for concave rewards that correction can have infinite variance (for
+r = −a‖x‖², once (K − 2)·a/α exceeds 1/(2 Var x)). It stays consistent, but its error bars do not
+hold: prefer Tweedie or Max unless you know the weights are well behaved.
+
 Path-dependent potentials (max, sum) keep ψ itself as their state, and ψ is gathered with the
 particles at resampling, so no other bookkeeping is needed.
 """
