@@ -17,9 +17,9 @@ def counts_of(ancestors, n):
     return torch.zeros(ancestors.shape[0], n, dtype=torch.long).scatter_add_(-1, ancestors, torch.ones_like(ancestors))
 
 
-log_weight_rows = st.lists(
-    st.one_of(st.floats(-30, 5), st.just(-math.inf)), min_size=1, max_size=24
-).filter(lambda v: any(math.isfinite(x) for x in v))
+log_weight_rows = st.lists(st.one_of(st.floats(-30, 5), st.just(-math.inf)), min_size=1, max_size=24).filter(
+    lambda v: any(math.isfinite(x) for x in v)
+)
 
 
 @pytest.mark.parametrize("name", SCHEMES)

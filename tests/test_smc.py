@@ -72,7 +72,9 @@ ENGINES = {
 
 
 # -- exact properties ----------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["importance", "smc-prior-tweedie-exp", "smc-gradient-max-none", "smc-gradient-sum-adaptive"])
+@pytest.mark.parametrize(
+    "name", ["importance", "smc-prior-tweedie-exp", "smc-gradient-max-none", "smc-gradient-sum-adaptive"]
+)
 def test_zero_reward_uniform_weights_and_zero_evidence(name):
     process = gaussian_process([1.0, -1.0], 0.5, num_steps=6)
     for reward in (None, lambda x: 0.0 * x[..., 0]):  # a reward that ignores x has no gradient
@@ -82,7 +84,9 @@ def test_zero_reward_uniform_weights_and_zero_evidence(name):
         assert not res.trace.resampled.any()
 
 
-@pytest.mark.parametrize("name", ["importance", "smc-prior-tweedie-none", "smc-gradient-max-exp", "smc-prior-sum-adaptive"])
+@pytest.mark.parametrize(
+    "name", ["importance", "smc-prior-tweedie-none", "smc-gradient-max-exp", "smc-prior-sum-adaptive"]
+)
 @pytest.mark.parametrize("c,alpha", [(2.5, 1.0), (-7.0, 0.3)])
 def test_constant_reward_gives_c_over_alpha(name, c, alpha):
     process = gaussian_process([0.0], 1.0, num_steps=5)
@@ -91,7 +95,9 @@ def test_constant_reward_gives_c_over_alpha(name, c, alpha):
     assert torch.allclose(res.log_weights, torch.full((2, 16), -math.log(16), dtype=torch.float64), atol=1e-9)
 
 
-@pytest.mark.parametrize("name", ["importance", "smc-prior-tweedie-exp", "smc-gradient-tweedie-none", "smc-prior-max-linear"])
+@pytest.mark.parametrize(
+    "name", ["importance", "smc-prior-tweedie-exp", "smc-gradient-tweedie-none", "smc-prior-max-linear"]
+)
 def test_constant_shift_of_reward_only_shifts_evidence(name, float64):
     process = gaussian_process([0.5, 0.0], [[1.0, 0.3], [0.3, 0.5]], num_steps=8)
     base = Quadratic(A=-0.3 * torch.eye(2), b=[1.0, -0.5])
@@ -113,8 +119,14 @@ def test_exact_twist_gives_constant_weights_and_exact_evidence(num_particles, et
     reward, alpha = Quadratic.linear([1.5, -0.5, 2.0]), 0.7
     chain = LinearGaussianChain(process)
     _, _, log_z = chain.tilted(reward, alpha)
-    smc = SMC(make_model(process, reward, alpha), num_particles, proposal="gradient",
-              potential=Twist(chain.twist(reward, alpha)), num_runs=4, ess_threshold=1.0)
+    smc = SMC(
+        make_model(process, reward, alpha),
+        num_particles,
+        proposal="gradient",
+        potential=Twist(chain.twist(reward, alpha)),
+        num_runs=4,
+        ess_threshold=1.0,
+    )
     res = smc.run(seed=0)
     assert torch.allclose(res.trace.ess, torch.full_like(res.trace.ess, num_particles), rtol=1e-9)
     assert torch.allclose(res.log_evidence, torch.full((4,), float(log_z), dtype=torch.float64), atol=1e-8)
@@ -320,7 +332,13 @@ def test_deterministic_kernel_policy():
 def test_bad_settings_and_temperatures():
     process = gaussian_process([0.0], 1.0, num_steps=4)
     model = make_model(process, lambda x: x[..., 0])
-    for kwargs in ({"proposal": "nope"}, {"ess_threshold": 1.5}, {"num_runs": 0}, {"batch_size": 0}, {"resampler": "x"}):
+    for kwargs in (
+        {"proposal": "nope"},
+        {"ess_threshold": 1.5},
+        {"num_runs": 0},
+        {"batch_size": 0},
+        {"resampler": "x"},
+    ):
         with pytest.raises(ValueError):
             SMC(model, 8, **kwargs)
     with pytest.raises(ValueError):

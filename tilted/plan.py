@@ -132,7 +132,7 @@ class Plan:
         ``rewards`` (as from :meth:`rewards`) are reused instead of calling the reward functions again.
         """
         model = poutine.condition(self.model, data={self.site: value})
-        cached = {} if rewards is None else {f.name: r for f, r in zip(self.factors, rewards)}
+        cached = {} if rewards is None else {f.name: r for f, r in zip(self.factors, rewards, strict=True)}
         with _Replayer(cached):
             trace = poutine.trace(model).get_trace(*self.args, **self.kwargs)
         names = {f.name for f in self.factors}

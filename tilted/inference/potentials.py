@@ -94,7 +94,9 @@ class Twist(Potential):
         out = self.fn(x, k)
         if not isinstance(out, torch.Tensor) or out.shape != x.shape[:2]:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ModelError(f"twist returned {got} for states of shape {tuple(x.shape)}; return one value per particle")
+            raise ModelError(
+                f"twist returned {got} for states of shape {tuple(x.shape)}; return one value per particle"
+            )
         return out.to(torch.float64)
 
     def start(self, phi, x, k):

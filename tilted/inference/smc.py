@@ -205,7 +205,9 @@ class SMC:
                             "the gradient proposal needs rewards differentiable through the denoiser; "
                             f"{[f.name for f in plan.factors]} gave no gradient. Use proposal='prior'"
                         )
-                    gs.append(torch.stack([torch.autograd.grad(r[j].sum(), xc, retain_graph=j < F - 1)[0] for j in range(F)]))
+                    gs.append(
+                        torch.stack([torch.autograd.grad(r[j].sum(), xc, retain_graph=j < F - 1)[0] for j in range(F)])
+                    )
             x0s.append(x0.detach())
             rs.append(None if r is None else r.detach())
         n = flat.shape[0]
@@ -261,7 +263,9 @@ class SMC:
         drift = None
         if self._gradient and (not needs or bool((lam != 0).any())):
             origin = torch.zeros((1, 1) + process.event_shape)
-            probe = State(K, origin, None, None, None, origin.new_zeros(1, 1, dtype=torch.float64), None, None, lam[:, :1])
+            probe = State(
+                K, origin, None, None, None, origin.new_zeros(1, 1, dtype=torch.float64), None, None, lam[:, :1]
+            )
             if needs:
                 _, _, grads = self._evaluate(plan, origin, K, True, True)
                 probe = replace(probe, grads=grads)
@@ -270,8 +274,17 @@ class SMC:
         x, log_ratio = gaussian_move(mean, 1.0, drift, len(process.event_shape), generator)
         x0, rewards, grads = self._evaluate(plan, x, K, needs, self._gradient and needs)
         psi = self.potential.start(self._phi(plan, rewards, lam, x), x, K)
-        state = State(K, x, x0, rewards, grads, psi, torch.full((R, N), -math.log(N), dtype=torch.float64),
-                      torch.zeros(R, dtype=torch.float64), lam)
+        state = State(
+            K,
+            x,
+            x0,
+            rewards,
+            grads,
+            psi,
+            torch.full((R, N), -math.log(N), dtype=torch.float64),
+            torch.zeros(R, dtype=torch.float64),
+            lam,
+        )
         return self._reweight(state, log_ratio + psi, 0, generator, last=False)
 
     def step(self, plan: Plan, state: State, generator: torch.Generator | None = None) -> tuple[State, StepInfo]:
@@ -298,7 +311,11 @@ class SMC:
         def increment(adaptive_lam: torch.Tensor):
             lam = torch.ones_like(state.lambdas) if last else self._lambdas_at(s, adaptive_lam)
             phi = self._phi(plan, rewards, lam, x_new)
-            psi = plan.log_factor(rewards).to(torch.float64) if last else self.potential.advance(state.psi, phi, x_new, k - 1)
+            psi = (
+                plan.log_factor(rewards).to(torch.float64)
+                if last
+                else self.potential.advance(state.psi, phi, x_new, k - 1)
+            )
             return log_ratio + psi - state.psi, psi, lam
 
         chosen = self._adaptive_lambda(state)
@@ -421,4 +438,3 @@ def _check_increment(inc: torch.Tensor, s: int) -> None:
             f"step {s}: every particle of run(s) {dead.nonzero().flatten().tolist()[:5]} has weight zero; "
             "the potential is −∞ everywhere: relax the constraint or raise the number of particles"
         )
-

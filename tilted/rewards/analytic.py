@@ -23,7 +23,9 @@ class Quadratic:
         A = torch.zeros(dim, dim) if A is None else torch.as_tensor(A)
         b = torch.zeros(dim) if b is None else torch.as_tensor(b)
         if A.shape != (dim, dim) or b.shape != (dim,):
-            raise ShapeError(f"Quadratic reward: A must be ({dim}, {dim}) and b ({dim},), got {tuple(A.shape)}, {tuple(b.shape)}")
+            raise ShapeError(
+                f"Quadratic reward: A must be ({dim}, {dim}) and b ({dim},), got {tuple(A.shape)}, {tuple(b.shape)}"
+            )
         self.A = (0.5 * (A + A.T)).to(torch.float64)
         self.b = b.to(torch.float64)
         self.c = float(c)
