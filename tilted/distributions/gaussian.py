@@ -134,6 +134,8 @@ class GaussianDiffusion(SequentialProcess):
             raise ModelError("event_shape is required with a denoiser, e.g. event_shape=(3, 64, 64)")
         if prediction_type not in PREDICTION_TYPES:
             raise ModelError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+        if isinstance(num_steps, bool) or int(num_steps) != num_steps or num_steps < 1:
+            raise ModelError(f"num_steps must be a positive integer, got {num_steps!r}")
         eta = float(eta)
         if not math.isfinite(eta) or eta < 0:
             raise ModelError(f"eta must be finite and ≥ 0, got {eta}")
