@@ -364,7 +364,9 @@ class SMC:
             infos.append(info)
             lam = f"{float(info.lambdas.min()):.3f}" if info.lambdas.numel() else "-"
             bar.set_postfix(ess=f"{float(info.ess.min()):.1f}", lam=lam, refresh=False)
-        return self._result(plan, state, infos)
+        result = self._result(plan, state, infos)
+        result.config["seed"] = seed if isinstance(seed, int) else None
+        return result
 
     def _result(self, plan: Plan, state: State, infos: list[StepInfo]) -> Result:
         squeeze = self.num_runs is None

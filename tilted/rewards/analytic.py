@@ -19,9 +19,10 @@ class Quadratic:
         if A is None and b is None and dim is None:
             raise ShapeError("give A, b or dim so that the dimension of the reward is known")
         if dim is None:
-            dim = (torch.as_tensor(A) if A is not None else torch.as_tensor(b)).shape[-1]
-        A = torch.zeros(dim, dim) if A is None else torch.as_tensor(A)
-        b = torch.zeros(dim) if b is None else torch.as_tensor(b)
+            dim = torch.as_tensor(A if A is not None else b).shape[-1]
+        f64 = torch.float64  # lists are read straight into float64 (no float32 rounding on the way)
+        A = torch.zeros(dim, dim, dtype=f64) if A is None else torch.as_tensor(A, dtype=f64)
+        b = torch.zeros(dim, dtype=f64) if b is None else torch.as_tensor(b, dtype=f64)
         if A.shape != (dim, dim) or b.shape != (dim,):
             raise ShapeError(
                 f"Quadratic reward: A must be ({dim}, {dim}) and b ({dim},), got {tuple(A.shape)}, {tuple(b.shape)}"
