@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
@@ -39,6 +39,17 @@ class StepTrace:
     log_evidence_increments: torch.Tensor
     ancestors: torch.Tensor
     timesteps: torch.Tensor
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """What happened at one step: one row of a :class:`StepTrace`, for R runs of N particles."""
+
+    ess: torch.Tensor  # (R,)
+    resampled: torch.Tensor  # (R,)
+    lambdas: torch.Tensor  # (F, R)
+    log_evidence_increment: torch.Tensor  # (R,)
+    ancestors: torch.Tensor  # (R, N)
 
 
 @dataclass
@@ -113,3 +124,49 @@ class Result:
         if not self.batched:
             return value[idx[0]]
         return value[torch.arange(idx.shape[0])[:, None], idx]
+
+
+def collect(plan, x, rewards, log_weights, log_evidence, infos, counts, config, batched: bool) -> Result:
+    """Assemble a :class:`Result` from an engine's final particles (R, N, *event) and its step records.
+
+    The model is replayed with the final states (and the rewards already computed), so every site has
+    a value; without ``batched`` the run dimension R = 1 is dropped.
+    """
+    R, N = log_weights.shape
+    values = plan.replay(x.reshape((R * N,) + x.shape[2:]), rewards.reshape(rewards.shape[0], R * N))
+    particles = {name: v.reshape((R, N) + v.shape[1:]) for name, v in values.items()}
+
+    def out(t):
+        return t if batched else t[0]
+
+    def stack(name):
+        return torch.stack([getattr(i, name) for i in infos])
+
+    trace = StepTrace(
+        ess=stack("ess"),
+        resampled=stack("resampled"),
+        lambdas=stack("lambdas"),
+        log_evidence_increments=stack("log_evidence_increment"),
+        ancestors=stack("ancestors"),
+        timesteps=torch.cat([plan.process.timesteps, torch.tensor([-1])]),
+    )
+    if not batched:
+        run_dim = {"lambdas": 2, "timesteps": None}
+        trace = StepTrace(
+            **{
+                f.name: getattr(trace, f.name)
+                if run_dim.get(f.name, 1) is None
+                else getattr(trace, f.name).select(run_dim.get(f.name, 1), 0)
+                for f in fields(trace)
+            }
+        )
+    return Result(
+        particles={k: out(v) for k, v in particles.items()},
+        log_weights=out(log_weights),
+        log_evidence=out(log_evidence),
+        rewards={f.name: out(rewards[j]) for j, f in enumerate(plan.factors)},
+        site=plan.site,
+        trace=trace,
+        counts=counts,
+        config=config,
+    )

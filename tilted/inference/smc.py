@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 
 import torch
 from tqdm.auto import tqdm
@@ -34,7 +34,7 @@ from tilted.errors import DegenerateWeightsError, ModelError, NoDensityError, No
 from tilted.inference.potentials import Potential, Terminal, Twist, as_potential
 from tilted.inference.proposals import PROPOSALS, gaussian_move
 from tilted.inference.resampling import get_resampler
-from tilted.inference.result import Counts, Result, StepTrace
+from tilted.inference.result import Counts, Result, StepInfo, collect
 from tilted.inference.weights import ess, normalize
 from tilted.plan import Plan, read_plan
 from tilted.tempering import Tempering, as_tempering
@@ -67,17 +67,6 @@ class State:
         n = ancestors.shape[-1]
         uniform = torch.full_like(self.log_weights, -math.log(n))
         return replace(self, log_weights=uniform, **out)
-
-
-@dataclass(frozen=True)
-class StepInfo:
-    """What happened at one step (one row of the result's :class:`StepTrace`)."""
-
-    ess: torch.Tensor
-    resampled: torch.Tensor
-    lambdas: torch.Tensor
-    log_evidence_increment: torch.Tensor
-    ancestors: torch.Tensor
 
 
 class SMC:
@@ -369,37 +358,17 @@ class SMC:
         return result
 
     def _result(self, plan: Plan, state: State, infos: list[StepInfo]) -> Result:
-        squeeze = self.num_runs is None
         rewards = state.rewards if state.rewards is not None else plan.rewards(state.x)
-        R, N = state.log_weights.shape
-        flat_x = state.x.reshape((R * N,) + state.x.shape[2:])
-        values = plan.replay(flat_x, rewards.reshape(rewards.shape[0], R * N))
-        particles = {name: v.reshape((R, N) + v.shape[1:]) for name, v in values.items()}
-        per_factor = {f.name: rewards[j] for j, f in enumerate(plan.factors)}
-
-        def out(t):
-            return t[0] if squeeze else t
-
-        stack = lambda name: torch.stack([getattr(i, name) for i in infos])  # noqa: E731
-        trace = StepTrace(
-            ess=stack("ess"),
-            resampled=stack("resampled"),
-            lambdas=stack("lambdas"),
-            log_evidence_increments=stack("log_evidence_increment"),
-            ancestors=stack("ancestors"),
-            timesteps=torch.cat([plan.process.timesteps, torch.tensor([-1])]),
-        )
-        if squeeze:
-            trace = StepTrace(**{f.name: _squeeze_run(getattr(trace, f.name), f.name) for f in fields(trace)})
-        return Result(
-            particles={k: out(v) for k, v in particles.items()},
-            log_weights=out(state.log_weights),
-            log_evidence=out(state.log_evidence),
-            rewards={k: out(v) for k, v in per_factor.items()},
-            site=plan.site,
-            trace=trace,
-            counts=self.counts,
-            config=self.config(),
+        return collect(
+            plan,
+            state.x,
+            rewards,
+            state.log_weights,
+            state.log_evidence,
+            infos,
+            self.counts,
+            self.config(),
+            batched=self.num_runs is not None,
         )
 
     def config(self) -> dict:
@@ -416,12 +385,6 @@ class SMC:
             "resample_window": self.resample_window,
             "tempering": repr(self.tempering),
         }
-
-
-def _squeeze_run(t: torch.Tensor, name: str) -> torch.Tensor:
-    if name == "timesteps":
-        return t
-    return t[:, :, 0] if name == "lambdas" else t[:, 0]
 
 
 def _disable(progress: bool | None):
