@@ -71,6 +71,8 @@ class Result:
         Per-step :class:`StepTrace`; ``None`` for engines without steps.
     counts
         :class:`Counts` of denoiser calls, reward calls and gradient evaluations.
+    temperatures
+        α of every factor, by name (for diagnostics: the applied log-factor is r/α).
     """
 
     particles: dict[str, torch.Tensor]
@@ -81,6 +83,7 @@ class Result:
     trace: StepTrace | None = None
     counts: Counts = field(default_factory=Counts)
     config: dict[str, Any] = field(default_factory=dict)
+    temperatures: dict[str, float] = field(default_factory=dict)
 
     @property
     def batched(self) -> bool:
@@ -169,4 +172,5 @@ def collect(plan, x, rewards, log_weights, log_evidence, infos, counts, config, 
         trace=trace,
         counts=counts,
         config=config,
+        temperatures={f.name: float(f.temperature) for f in plan.factors},
     )
