@@ -2,7 +2,18 @@
 
 from tilted.distributions.adapters import from_diffusers
 from tilted.distributions.gaussian import GaussianDiffusion, PointMass
+from tilted.distributions.masked import MaskedDiffusion
 from tilted.distributions.mixture import GaussianMixture
 from tilted.distributions.process import SequentialProcess
+from tilted.distributions.tabular import TableReward, TabularSequences
 
-__all__ = ["GaussianDiffusion", "GaussianMixture", "PointMass", "SequentialProcess", "from_diffusers"]
+__all__ = [
+    "GaussianDiffusion",
+    "GaussianMixture",
+    "MaskedDiffusion",
+    "PointMass",
+    "SequentialProcess",
+    "TableReward",
+    "TabularSequences",
+    "from_diffusers",
+]
