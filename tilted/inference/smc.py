@@ -30,7 +30,9 @@ from tqdm.auto import tqdm
 
 from tilted._random import Seed, as_generator
 from tilted.distributions.gaussian import GaussianDiffusion
+from tilted.distributions.masked import MaskedDiffusion
 from tilted.errors import DegenerateWeightsError, ModelError, NoDensityError, NonFiniteError
+from tilted.inference.discrete import MaskedKernel, check_fill, fill_potential
 from tilted.inference.potentials import Potential, Terminal, Twist, as_potential
 from tilted.inference.proposals import PROPOSALS, gaussian_move
 from tilted.inference.resampling import get_resampler
@@ -98,6 +100,10 @@ class SMC:
         Particles per denoiser/reward evaluation (bounds memory; results are unchanged).
     progress
         Show a progress bar (``None``: only in an interactive terminal or notebook).
+    fill, num_fills
+        Masked (discrete) models only: potentials read the rewards of ``num_fills`` sequences drawn
+        from x̂_0 (``"soft"``: their log-mean-exp soft value) or of its ``"argmax"``; there
+        ``proposal="gradient"`` is the Taylor tilt of the masked positions (:mod:`tilted.inference.discrete`).
     """
 
     def __init__(
@@ -115,6 +121,8 @@ class SMC:
         num_runs: int | None = None,
         batch_size: int | None = None,
         progress: bool | None = None,
+        fill: str = "soft",
+        num_fills: int = 4,
     ):
         if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
             raise ValueError(f"num_particles must be a positive integer, got {num_particles!r}")
@@ -128,6 +136,7 @@ class SMC:
             raise ValueError(f"num_runs must be a positive integer or None, got {num_runs!r}")
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
             raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
+        check_fill(fill, num_fills)
         self.model = model
         self.num_particles = num_particles
         self.proposal = proposal
@@ -141,12 +150,23 @@ class SMC:
         self.num_runs = num_runs
         self.batch_size = batch_size
         self.progress = progress
+        self.fill, self.num_fills = fill, num_fills
+        self._discrete: MaskedKernel | None = None
 
     # -- configuration read from the model ---------------------------------------------------
     def _setup(self, plan: Plan) -> None:
         process = plan.process
-        if not isinstance(process, GaussianDiffusion):
-            raise ModelError(f"{type(self).__name__} runs Gaussian diffusion processes, got {type(process).__name__}")
+        self._discrete = None
+        if isinstance(process, MaskedDiffusion):  # categorical moves and fill potentials (inference.discrete)
+            if self.proposal == "gradient" and isinstance(self.potential, Twist):
+                raise ModelError(
+                    "the Taylor proposal differentiates the rewards at x̂_0, not a twist; use proposal='prior'"
+                )
+            self._discrete = MaskedKernel(process, self.fill, self.num_fills, self.proposal == "gradient")
+        elif not isinstance(process, GaussianDiffusion):
+            raise ModelError(
+                f"{type(self).__name__} runs Gaussian and masked diffusion processes, got {type(process).__name__}"
+            )
         K = process.num_steps
         inner = [k for k in process.levels if k > 1 and process.is_deterministic(k)]
         if inner and self.proposal == "gradient":
@@ -177,8 +197,12 @@ class SMC:
         return torch.where(self._is_adaptive[:, None], adaptive[None], fixed)
 
     # -- evaluations ------------------------------------------------------------------------
-    def _evaluate(self, plan: Plan, x: torch.Tensor, k: int, with_rewards: bool, with_grads: bool):
+    def _evaluate(self, plan: Plan, x: torch.Tensor, k: int, with_rewards: bool, with_grads: bool, generator=None):
         """x̂_0(x), rewards (F, R, N) and reward gradients (F, R, N, *E) at level k, in micro-batches."""
+        if self._discrete is not None:  # rewards of fills (F, R, N, M), gradients at the relaxed x̂_0
+            return self._discrete.evaluate(
+                plan, x, k, with_rewards, with_grads, generator, self.counts, self.batch_size
+            )
         process, shape, F = plan.process, x.shape, len(plan.factors)
         flat = x.reshape((-1,) + process.event_shape)
         size = self.batch_size or flat.shape[0]
@@ -238,6 +262,8 @@ class SMC:
         """φ = Σ_j λ_j r_j / α_j per particle (R, N), float64."""
         if rewards is None or not len(plan.factors):
             return torch.zeros(ref.shape[:2], dtype=torch.float64)
+        if self._discrete is not None:
+            return fill_potential(rewards, lambdas, self._alpha)
         alpha = self._alpha[:, None, None]
         return (lambdas[:, :, None] * rewards.to(torch.float64) / alpha).sum(0)
 
@@ -250,7 +276,7 @@ class SMC:
         lam = self._lambdas_at(0, torch.zeros(R, dtype=torch.float64))
         needs = self.potential.uses_rewards
         drift = None
-        if self._gradient and (not needs or bool((lam != 0).any())):
+        if self._gradient and self._discrete is None and (not needs or bool((lam != 0).any())):
             origin = torch.zeros((1, 1) + process.event_shape)
             probe = State(
                 K, origin, None, None, None, origin.new_zeros(1, 1, dtype=torch.float64), None, None, lam[:, :1]
@@ -259,9 +285,12 @@ class SMC:
                 _, _, grads = self._evaluate(plan, origin, K, True, True)
                 probe = replace(probe, grads=grads)
             drift = self._drift(plan, probe, K + 1, lam[:, :1])
-        mean = torch.zeros((R, N) + process.event_shape)
-        x, log_ratio = gaussian_move(mean, 1.0, drift, len(process.event_shape), generator)
-        x0, rewards, grads = self._evaluate(plan, x, K, needs, self._gradient and needs)
+        if self._discrete is not None:  # x_K is all masks, a point mass: q = p
+            x, log_ratio = process.draw_initial((R, N)), torch.zeros((R, N), dtype=torch.float64)
+        else:
+            mean = torch.zeros((R, N) + process.event_shape)
+            x, log_ratio = gaussian_move(mean, 1.0, drift, len(process.event_shape), generator)
+        x0, rewards, grads = self._evaluate(plan, x, K, needs, self._gradient and needs, generator)
         psi = self.potential.start(self._phi(plan, rewards, lam, x), x, K)
         state = State(
             K,
@@ -283,7 +312,9 @@ class SMC:
         event_dim = len(process.event_shape)
         # the drift uses λ of the next level; adaptive factors (λ not chosen yet) use their current λ
         lam_guide = self._lambdas_at(s, self._adaptive_lambda(state))
-        if process.is_deterministic(k):
+        if self._discrete is not None:  # the prior categorical kernel or its Taylor tilt, g = Σ_j (λ_j/α_j) ∇r_j
+            x_new, log_ratio = self._discrete.move(state, k, lam_guide / self._alpha[:, None], generator)
+        elif process.is_deterministic(k):
             x_new = process.transition_moments(state.x, k, state.x0)[0]
             log_ratio = torch.zeros(state.psi.shape, dtype=torch.float64)
         else:
@@ -295,7 +326,7 @@ class SMC:
             x0, grads = None, None
         else:
             needs = self.potential.uses_rewards
-            x0, rewards, grads = self._evaluate(plan, x_new, k - 1, needs, self._gradient and needs)
+            x0, rewards, grads = self._evaluate(plan, x_new, k - 1, needs, self._gradient and needs, generator)
 
         def increment(adaptive_lam: torch.Tensor):
             lam = torch.ones_like(state.lambdas) if last else self._lambdas_at(s, adaptive_lam)
@@ -384,6 +415,7 @@ class SMC:
             "resample_every": self.resample_every,
             "resample_window": self.resample_window,
             "tempering": repr(self.tempering),
+            **({"fill": self.fill, "num_fills": self.num_fills} if self._discrete is not None else {}),
         }
 
 
