@@ -1,0 +1,162 @@
+"""The loop shared by guidance and search engines: walk the chain with unweighted particles.
+
+These engines are approximate samplers or optimisers (DESIGN §2): they move particles x_K → x_0
+by a modified kernel (a guided step, a choice among candidates) and attach no importance weight
+that would correct for the modification. Their :class:`~tilted.inference.Result` therefore has
+
+- ``log_weights``: uniform, −log N. They are *not* importance weights: they only say that every
+  returned particle counts once (``result.sample`` and ``result.mean`` then treat the particles as
+  the engine's sample);
+- ``log_evidence``: NaN. These engines estimate no normalising constant, and a number here would be
+  mistaken for log Ẑ;
+- ``rewards``: the exact r_j(x_0) of the returned particles;
+- a trace with one row per step: ``ess`` = N (of the uniform weights), ``lambdas`` zeros (these
+  engines use no tempering schedule), ``log_evidence_increments`` NaN, ``resampled`` and
+  ``ancestors`` recording selections across particles (beam search) and the identity otherwise;
+- ``counts`` of denoiser calls, reward calls and gradient evaluations (:mod:`tilted.inference.values`).
+
+An engine subclasses :class:`ChainEngine` and implements :meth:`ChainEngine.step` (and may override
+:meth:`ChainEngine.init`); :meth:`ChainEngine.run` only composes them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from tilted._random import Seed, as_generator
+from tilted.distributions.gaussian import GaussianDiffusion
+from tilted.errors import ModelError
+from tilted.inference.result import Counts, Result, StepInfo, collect
+from tilted.inference.values import Values
+from tilted.plan import Plan, read_plan
+
+
+@dataclass(frozen=True)
+class Walk:
+    """R runs × N particles at level ``level``: states x (R, N, *E), and what is known about them."""
+
+    level: int
+    x: torch.Tensor
+    x0: torch.Tensor | None = None  # x̂_0(x), reused by the next step when known
+    rewards: torch.Tensor | None = None  # r_j(x̂_0(x)), (F, R, N); exact at level 0
+
+
+def positive_int(name: str, value, optional: bool = False) -> None:
+    """Raise :class:`ModelError` unless ``value`` is a positive integer (or ``None`` when optional)."""
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ModelError(f"{name} must be a positive integer{' or None' if optional else ''}, got {value!r}")
+
+
+def non_negative(name: str, value) -> float:
+    """``value`` as a finite float ≥ 0, or :class:`ModelError`."""
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise ModelError(f"{name} must be a finite number ≥ 0, got {value!r}") from None
+    if not (math.isfinite(out) and out >= 0):
+        raise ModelError(f"{name} must be a finite number ≥ 0, got {value!r}")
+    return out
+
+
+class ChainEngine:
+    """Base of the unweighted engines (module docstring): constructor checks, the loop, the result.
+
+    Parameters
+    ----------
+    model
+        A Pyro model with one sequential site and ``tilted.factor`` statements.
+    num_particles
+        N, particles returned per run.
+    num_runs
+        R independent runs batched in one call; results gain a leading run dimension.
+    batch_size
+        Particles per denoiser/reward evaluation (bounds memory; results are unchanged).
+    progress
+        Show a progress bar (``None``: only in an interactive terminal or notebook).
+    """
+
+    #: the temperature replacing every factor's α in the value ψ̂ (``None``: the factors' own)
+    temperature: float | None = None
+
+    def __init__(self, model, num_particles: int, *, num_runs=None, batch_size=None, progress=None):
+        positive_int("num_particles", num_particles)
+        positive_int("num_runs", num_runs, optional=True)
+        positive_int("batch_size", batch_size, optional=True)
+        self.model = model
+        self.num_particles = num_particles
+        self.num_runs = num_runs
+        self.batch_size = batch_size
+        self.progress = progress
+
+    # -- the steps ----------------------------------------------------------------------------
+    def check(self, plan: Plan) -> None:
+        """Refuse processes the engine cannot run (Gaussian diffusion only, for now)."""
+        if not isinstance(plan.process, GaussianDiffusion):
+            raise ModelError(
+                f"{type(self).__name__} runs Gaussian diffusion processes, got {type(plan.process).__name__}"
+            )
+
+    def init(self, plan: Plan, values: Values, generator=None) -> tuple[Walk, StepInfo]:
+        """x_K ~ N(0, I) for every particle of every run (drawn as the pretrained sampler draws it)."""
+        R = self.num_runs or 1
+        x = plan.process.draw_initial((R, self.num_particles), generator)
+        return Walk(plan.process.num_steps, x), self.info(plan, R)
+
+    def step(self, plan: Plan, values: Values, walk: Walk, generator=None) -> tuple[Walk, StepInfo]:
+        """Move every particle from level k to k − 1."""
+        raise NotImplementedError
+
+    def info(self, plan: Plan, runs: int, ancestors: torch.Tensor | None = None) -> StepInfo:
+        """A trace row for unweighted particles; ``ancestors`` (R, N) when particles were selected across."""
+        N = self.num_particles
+        identity = torch.arange(N).expand(runs, N)
+        moved = torch.zeros(runs, dtype=torch.bool)
+        if ancestors is not None:
+            moved = (ancestors != identity).any(-1)
+        return StepInfo(
+            ess=torch.full((runs,), float(N), dtype=torch.float64),
+            resampled=moved,
+            lambdas=torch.zeros(len(plan.factors), runs, dtype=torch.float64),
+            log_evidence_increment=torch.full((runs,), math.nan, dtype=torch.float64),
+            ancestors=identity.clone() if ancestors is None else ancestors,
+        )
+
+    # -- the loop ----------------------------------------------------------------------------
+    def run(self, *args, seed: Seed = None, **kwargs) -> Result:
+        """Run on ``model(*args, **kwargs)`` with an explicit seed or generator; return a :class:`Result`."""
+        plan = read_plan(self.model, *args, **kwargs)
+        self.check(plan)
+        generator = as_generator(seed)
+        self.counts = Counts()
+        values = Values(plan, self.counts, self.batch_size, self.temperature)
+        walk, info = self.init(plan, values, generator)
+        infos = [info]
+        disable = None if self.progress is None else not self.progress
+        for _ in tqdm(plan.process.levels, desc=type(self).__name__, disable=disable, leave=False):
+            walk, info = self.step(plan, values, walk, generator)
+            infos.append(info)
+        rewards = walk.rewards if walk.rewards is not None else values.rewards(walk.x)
+        R, N = walk.x.shape[:2]
+        result = collect(
+            plan,
+            walk.x,
+            rewards,
+            torch.full((R, N), -math.log(N), dtype=torch.float64),
+            torch.full((R,), math.nan, dtype=torch.float64),
+            infos,
+            self.counts,
+            self.config(),
+            batched=self.num_runs is not None,
+        )
+        result.config["seed"] = seed if isinstance(seed, int) else None
+        return result
+
+    def config(self) -> dict:
+        """The engine's settings, for reports and reproducibility."""
+        return {"engine": type(self).__name__, "num_particles": self.num_particles, "num_runs": self.num_runs}
