@@ -371,3 +371,172 @@ def chain_data_distance(process: GaussianDiffusion, num_samples: int = 2000, rep
         t = torch.tensor(vals, dtype=F64)
         stats[key] = (float(t.mean()), float(t.std() / math.sqrt(len(vals))) if len(vals) > 1 else math.nan)
     return stats
+
+
+# -- Masked discrete diffusion: the chain's exact law by enumeration ---------------------------------
+# (imported here so the section stands alone; the discrete modules do not import this file)
+from tilted.distributions.masked import MaskedDiffusion  # noqa: E402
+from tilted.distributions.tabular import all_sequences, sequence_index  # noqa: E402
+
+#: largest number of chain states (V + 1)^L enumerated densely by :class:`MaskedChain`
+MAX_CHAIN_STATES = 4096
+
+
+class MaskedChain:
+    """The exact law of a :class:`~tilted.distributions.MaskedDiffusion` chain, by enumeration.
+
+    Parameters
+    ----------
+    process
+        Any masked diffusion (a data-law or a network denoiser) with (V + 1)^L ≤ 4096 states.
+
+    Notes
+    -----
+    The states are all sequences over {0, …, V} (V = mask), S = (V + 1)^L of them, in the order of
+    :func:`~tilted.distributions.tabular.all_sequences` with V + 1 symbols. Step k has the transition
+    matrix T_k[s, s'] = Π_i p(x_{k-1,i} = s'_i | x_k = s) (positions are independent given x_k;
+    :meth:`MaskedDiffusion.transition_probs`, the denoiser called once on all S states). Starting from
+    the point mass on the all-mask state,
+
+        μ_K = δ_mask,   μ_{k-1} = μ_k T_k,
+
+    and μ_0 lives on the V^L mask-free sequences: the chain's law of x_0. It is *not* the data law in
+    general, even with an exact data-law denoiser: positions unmasked at the same step are drawn
+    independently given x_k, which breaks their correlations (it tends to the data law as K → ∞).
+    The soft values run backwards: v_0(s) = r(s)/α and v_k(s) = log Σ_{s'} T_k[s, s'] exp(v_{k-1}(s')).
+    Everything is float64. The transition matrices are kept (S² · K · 8 bytes).
+    """
+
+    def __init__(self, process: MaskedDiffusion):
+        if not isinstance(process, MaskedDiffusion):
+            raise ModelError(f"MaskedChain needs a MaskedDiffusion, got {type(process).__name__}")
+        V, L, K = process.vocab_size, process.length, process.num_steps
+        S = (V + 1) ** L
+        if S > MAX_CHAIN_STATES:
+            raise ModelError(f"(V + 1)^L = {S} chain states are too many to enumerate (at most {MAX_CHAIN_STATES})")
+        self.process = process
+        self.num_steps = K
+        self.vocab_size, self.length = V, L
+        self.states = all_sequences(V + 1, L)  # (S, L), mask = V
+        #: the V^L clean sequences (rows), in the order of TabularSequences.sequences and of :meth:`law`
+        self.sequences = all_sequences(V, L)
+        self._clean = sequence_index(self.sequences, V + 1)  # their rows in ``states``
+        transitions = []
+        with torch.no_grad():
+            for k in range(1, K + 1):
+                probs = process.transition_probs(self.states, k).to(F64)  # (S, L, V + 1)
+                T = torch.ones(S, S, dtype=F64)
+                for i in range(L):
+                    T = T * probs[:, i, :][:, self.states[:, i]]
+                transitions.append(T)
+        self._T = transitions  # index k − 1 holds step k
+        start = torch.zeros(S, dtype=F64)
+        start[-1] = 1.0  # the all-mask state is the last one
+        marginals = [start]
+        for k in range(K, 0, -1):
+            marginals.append(marginals[-1] @ self._T[k - 1])
+        self._marginals = marginals[::-1]  # index by level
+        if float(self._marginals[0].sum() - self._marginals[0][self._clean].sum()) > 1e-12:
+            raise ModelError("the chain leaves masks at x_0; the schedule must end at α_0 = 1")
+
+    def transition(self, k: int) -> torch.Tensor:
+        """T_k (S, S): T_k[s, s'] = p(x_{k-1} = s' | x_k = s), for k = K, …, 1."""
+        if not 1 <= int(k) <= self.num_steps:
+            raise ModelError(f"level k must be in 1..{self.num_steps}, got {k}")
+        return self._T[int(k) - 1]
+
+    def marginal(self, k: int) -> torch.Tensor:
+        """The law of x_k over all S states (rows of :attr:`states`), k = K, …, 0."""
+        if not 0 <= int(k) <= self.num_steps:
+            raise ModelError(f"level k must be in 0..{self.num_steps}, got {k}")
+        return self._marginals[int(k)]
+
+    def law(self) -> torch.Tensor:
+        """The chain's law of x_0 over the V^L clean sequences (rows of :attr:`sequences`), float64."""
+        return self._marginals[0][self._clean]
+
+    def reward_table(self, reward) -> torch.Tensor:
+        """r over the clean sequences (V^L,), float64, from a callable on (V^L, L) tokens or a table."""
+        return _reward_table(reward, self.sequences, self.vocab_size)
+
+    def tilted(self, reward, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(probs, log_Z): the chain's law of x_0 tilted by exp(r/α), and log E_chain[exp(r(x_0)/α)]."""
+        return tilt_table(self.law(), self.reward_table(reward), temperature)
+
+    def soft_values(self, reward, temperature: float) -> list[torch.Tensor]:
+        """v_k(s) = log E[exp(r(x_0)/α) | x_k = s] over all S states, for k = 0, …, K (index by level).
+
+        States the chain cannot reach from s to a clean x_0 do not occur (every path ends clean); a clean
+        state s at level 0 has v_0(s) = r(s)/α, masked states at level 0 get −∞.
+        """
+        alpha = _temperature(temperature)
+        v0 = torch.full((self.states.shape[0],), -math.inf, dtype=F64)
+        v0[self._clean] = self.reward_table(reward) / alpha
+        values = [v0]
+        for k in range(1, self.num_steps + 1):
+            T = self._T[k - 1]
+            values.append(torch.logsumexp(T.log() + values[-1][None, :], -1))
+        return values
+
+    def twist(self, reward, temperature: float):
+        """The exact soft value as a twist ``psi(x, k)`` on token tensors (..., L) (a Twist potential)."""
+        values = self.soft_values(reward, temperature)
+        V = self.vocab_size
+
+        def psi(x: torch.Tensor, k: int) -> torch.Tensor:
+            return values[int(k)][sequence_index(x, V + 1)]
+
+        return psi
+
+
+def _temperature(temperature) -> float:
+    alpha = float(temperature)
+    if not (math.isfinite(alpha) and alpha > 0):
+        raise ModelError(f"temperature must be finite and > 0, got {temperature}")
+    return alpha
+
+
+def _reward_table(reward, sequences: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    n = sequences.shape[0]
+    if callable(reward):
+        r = torch.as_tensor(reward(sequences), dtype=F64)
+    else:
+        r = torch.as_tensor(reward, dtype=F64).reshape(-1)
+    if r.shape != (n,):
+        raise ShapeError(f"the reward must give one value per sequence ({n}), got shape {tuple(r.shape)}")
+    if not torch.isfinite(r).all():
+        raise ModelError("the reward table has non-finite entries")
+    return r
+
+
+def tilt_table(probs: torch.Tensor, rewards: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(p·exp(r/α)/Z, log Z) for a law ``probs`` and rewards ``rewards`` over the same finite set, float64.
+
+    log Z = log Σ_s p(s) exp(r(s)/α), by log-sum-exp.
+    """
+    alpha = _temperature(temperature)
+    logits = torch.as_tensor(probs, dtype=F64).log() + torch.as_tensor(rewards, dtype=F64) / alpha
+    log_z = torch.logsumexp(logits, -1)
+    return (logits - log_z).exp(), log_z
+
+
+def masked_chain_law(process: MaskedDiffusion) -> torch.Tensor:
+    """The exact law of x_0 under a masked diffusion chain over the V^L sequences (see :class:`MaskedChain`)."""
+    return MaskedChain(process).law()
+
+
+def weighted_law(tokens: torch.Tensor, log_weights: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """The law of weighted particles over the V^L sequences: tokens (..., N, L), log weights (..., N) → (..., V^L).
+
+    Weights are normalised along N; leading dimensions (e.g. runs) are kept.
+    """
+    L = tokens.shape[-1]
+    w = torch.softmax(log_weights.to(F64), -1)
+    idx = sequence_index(tokens, vocab_size)
+    out = torch.zeros(w.shape[:-1] + (int(vocab_size) ** L,), dtype=F64)
+    return out.scatter_add_(-1, idx, w)
+
+
+def total_variation(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """½ Σ |p − q| over the last dimension."""
+    return 0.5 * (torch.as_tensor(p, dtype=F64) - torch.as_tensor(q, dtype=F64)).abs().sum(-1)

@@ -18,11 +18,19 @@ With φ the tempered log-potential Σ_j λ_j r_j/α_j,
 - ``fill="argmax"``: φ_k = Σ_j λ_j r_j(argmax x̂_0(x_k))/α_j, one deterministic fill (cheaper; no
   randomness, but a hard decode that ignores the uncertainty of the masked positions).
 
-A soft-fill ψ is random. The target stays exact: the fills are auxiliary variables drawn from the same
-law under proposal and target, so they cancel in p/q; ψ_k is computed once per particle, stored in the
-state and gathered with it at resampling (the telescope ψ_{k-1} − ψ_k uses the *carried* value), and the
-last potential ψ_0 = Σ_j r_j(x_0)/α_j is exact. The randomness only adds variance. ``Max``/``Sum``
-potentials combine the φ_k the same way as for Gaussian models.
+A soft-fill ψ is random. The target stays exact: the weight of a whole path is
+Π_k p_k/q_k · exp(ψ_0) whatever the intermediate ψ_k, as long as each ψ_k is computed once per particle,
+stored in the state and gathered with it at resampling (the telescope ψ_{k-1} − ψ_k uses the *carried*
+value), and the last potential ψ_0 = Σ_j r_j(x_0)/α_j is exact. The randomness only adds variance.
+
+To keep that variance down the fills use common random numbers: each run draws M uniform vectors
+u_m ∈ [0, 1)^L once, at its start, and fill m at level k is the inverse-CDF fill of x̂_0(x_k) at u_m
+(:func:`fill_tokens`). Each fill is still a draw from the factorised x̂_0, but particles in the same
+state get the same ψ (resampling copies of one particle, or the all-mask particles at level K, do not
+create weight noise), and a particle's fills change from one level to the next only where x̂_0 does.
+Given the uniforms, ψ is a deterministic function of the state, so the engine is exact conditionally
+on them; runs draw their own and stay independent. ``Max``/``Sum`` potentials combine the φ_k the same
+way as for Gaussian models.
 
 The Taylor (gradient) proposal
 ------------------------------
@@ -71,14 +79,30 @@ def check_fill(fill: str, num_fills: int) -> None:
         raise ValueError(f"num_fills must be a positive integer, got {num_fills!r}")
 
 
-def draw_fills(prediction: torch.Tensor, fill: str, num_fills: int, generator=None) -> torch.Tensor:
-    """Clean sequences from x̂_0 of shape (..., L, V): (..., M, L) with M = num_fills ("soft") or 1 ("argmax")."""
+def fill_tokens(prediction: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF fills: token j at position i where cdf_{i,j-1} ≤ u_i < cdf_{ij}, never a zero-probability token.
+
+    ``prediction`` (..., L, V) and ``uniforms`` (..., M, L) broadcast over the leading dimensions; returns
+    (..., M, L) ``long``. Each fill is a draw from the factorised law Π_i x̂_0(·)_i when u ~ U[0, 1)^L.
+    """
+    p = prediction.to(F64)
+    cdf = p.cumsum(-1)
+    # the last token of positive probability takes any u beyond the rounded total mass
+    last = (p > 0).long().cumsum(-1).argmax(-1, keepdim=True)
+    cdf = cdf.scatter(-1, last, math.inf)
+    hit = (cdf.unsqueeze(-3) > uniforms.to(F64).unsqueeze(-1)) & (p > 0).unsqueeze(-3)  # (..., M, L, V)
+    return hit.long().argmax(-1)
+
+
+def draw_fills(prediction: torch.Tensor, fill: str, uniforms: torch.Tensor | None = None) -> torch.Tensor:
+    """Clean sequences read off x̂_0 (R, N, L, V): (R, N, M, L).
+
+    ``"argmax"``: M = 1, the most probable token at each position. ``"soft"``: inverse-CDF fills with the
+    run's uniforms (R, M, L), shared by the particles of a run and kept for the whole run.
+    """
     if fill == "argmax":
         return prediction.argmax(-1).unsqueeze(-2)
-    L, V = prediction.shape[-2:]
-    flat = prediction.reshape(-1, V)
-    idx = torch.multinomial(flat, num_fills, replacement=True, generator=generator)  # (n·L, M)
-    return idx.reshape(prediction.shape[:-2] + (L, num_fills)).transpose(-1, -2)
+    return fill_tokens(prediction, uniforms[:, None])
 
 
 def fill_potential(rewards: torch.Tensor, lambdas: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
@@ -160,6 +184,7 @@ class MaskedKernel:
         self.fill = fill
         self.num_fills = num_fills if fill == "soft" else 1
         self.gradient = gradient
+        self.uniforms: torch.Tensor | None = None  # (R, M, L), drawn at the first evaluation of a run
 
     def evaluate(self, plan, x, k, with_rewards, with_grads, generator, counts, batch_size=None):
         """x̂_0 (R, N, L, V), fill rewards (F, R, N, M) and relaxed gradients (F, R, N, L, V) at level k."""
@@ -172,9 +197,11 @@ class MaskedKernel:
         counts.denoiser_calls += n
         rewards = grads = None
         if with_rewards:
-            fills = draw_fills(x0, self.fill, self.num_fills, generator)  # (n, M, L), drawn for all at once
+            if self.fill == "soft" and (self.uniforms is None or self.uniforms.shape[0] != R):
+                self.uniforms = torch.rand((R, self.num_fills, L), generator=generator, dtype=F64)
+            fills = draw_fills(x0.reshape(R, N, L, -1), self.fill, self.uniforms).reshape(n, -1, L)
             parts = [plan.rewards(c) for c in fills.split(size)]
-            rewards = torch.cat(parts, 1).detach().reshape(F, R, N, -1)
+            rewards = torch.cat(parts, 1).detach().reshape(F, R, N, fills.shape[1])
             counts.reward_calls += F * n * fills.shape[1]
         if with_grads:
             parts = [relaxed_gradients(plan.factors, c) for c in x0.split(size)]
