@@ -1,16 +1,22 @@
-"""Inference engines: sequential Monte Carlo and importance sampling, with their building blocks."""
+"""Inference engines: sequential Monte Carlo, importance sampling, guidance and search, with their building blocks."""
 
 from tilted.inference.importance import Importance
+from tilted.inference.nested import NestedIS
 from tilted.inference.potentials import Max, Potential, Sum, Terminal, Tweedie, Twist
 from tilted.inference.presets import das, fk_steering
 from tilted.inference.result import Counts, Result, StepTrace
+from tilted.inference.search import SVDD, BeamSearch, BestOfN
 from tilted.inference.smc import SMC
 
 __all__ = [
     "SMC",
+    "SVDD",
+    "BeamSearch",
+    "BestOfN",
     "Counts",
     "Importance",
     "Max",
+    "NestedIS",
     "Potential",
     "Result",
     "StepTrace",
