@@ -1,5 +1,6 @@
 """Inference engines: sequential Monte Carlo, importance sampling, guidance and search, with their building blocks."""
 
+from tilted.inference.guidance import DPS, MPGD, FreeDoM
 from tilted.inference.importance import Importance
 from tilted.inference.nested import NestedIS
 from tilted.inference.potentials import Max, Potential, Sum, Terminal, Tweedie, Twist
@@ -9,11 +10,14 @@ from tilted.inference.search import SVDD, BeamSearch, BestOfN
 from tilted.inference.smc import SMC
 
 __all__ = [
+    "DPS",
+    "MPGD",
     "SMC",
     "SVDD",
     "BeamSearch",
     "BestOfN",
     "Counts",
+    "FreeDoM",
     "Importance",
     "Max",
     "NestedIS",
