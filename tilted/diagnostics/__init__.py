@@ -9,5 +9,19 @@ from tilted.diagnostics.arviz import (
     to_datatree,
     versions,
 )
+from tilted.diagnostics.verdicts import Diagnosis, Verdict, diagnose, distinct_ancestors, lineages
 
-__all__ = ["from_datatree", "load", "pareto_khat", "save", "temperature_sensitivity", "to_datatree", "versions"]
+__all__ = [
+    "Diagnosis",
+    "Verdict",
+    "diagnose",
+    "distinct_ancestors",
+    "from_datatree",
+    "lineages",
+    "load",
+    "pareto_khat",
+    "save",
+    "temperature_sensitivity",
+    "to_datatree",
+    "versions",
+]
