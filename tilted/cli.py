@@ -1,4 +1,4 @@
-"""Command line: ``tilted demo``."""
+"""Command line: ``tilted demo``, ``tilted run SPEC --out RESULT.nc``, ``tilted report RESULT.nc --out report.html``."""
 
 from __future__ import annotations
 
@@ -12,12 +12,89 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="sample the DAS Figure-1 toy: pretrained, exact tilted target, engines")
     demo.add_argument("--out", default="outputs", help="folder for the figure (default: outputs)")
     demo.add_argument("--seed", type=int, default=0)
+
+    run = sub.add_parser(
+        "run",
+        help="run a specification (.toml, .py or module) and save the result as netCDF",
+        description="Run SPEC (a TOML file naming a model factory and an engine, a Python file or an importable "
+        "module defining `model` and `engine`; see docs/diagnostics.md) and save the result, as an ArviZ "
+        "DataTree, to netCDF.",
+    )
+    run.add_argument("spec", help="spec.toml, spec.py or a module name")
+    run.add_argument("--out", required=True, help="the netCDF file to write (e.g. result.nc)")
+    run.add_argument("--seed", type=int, default=None, help="override the specification's seed(s)")
+    run.add_argument(
+        "--baseline",
+        type=int,
+        default=None,
+        help="pretrained draws for the report's before/after comparison (default: the engine's particles; 0: none; "
+        "importance sampling is its own baseline)",
+    )
+    run.add_argument("--draws", type=int, default=None, help="posterior draws per run (default: the particles)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    report = sub.add_parser("report", help="write a self-contained HTML report of a saved result")
+    report.add_argument("result", help="a netCDF file written by `tilted run`")
+    report.add_argument("--out", required=True, help="the HTML file to write (e.g. report.html)")
+    report.add_argument("--strict", action="store_true", help="exit with status 1 when a diagnostic fails")
+
     args = parser.parse_args(argv)
     if args.command == "demo":
         from tilted.demo import run_demo
 
         run_demo(out=args.out, seed=args.seed)
+    elif args.command == "run":
+        return _run(args)
+    elif args.command == "report":
+        return _report(args)
     return 0
+
+
+def _run(args) -> int:
+    from tilted.diagnostics.arviz import save, to_datatree
+    from tilted.diagnostics.spec import SpecError, load_spec, run_spec
+    from tilted.diagnostics.verdicts import diagnose
+
+    try:
+        spec = load_spec(args.spec)
+    except SpecError as exc:
+        print(f"tilted run: {exc}", file=sys.stderr)
+        return 2
+    if args.seed is not None:
+        spec.seeds = [args.seed]
+    progress = False if args.no_progress else True
+    result = run_spec(spec, progress=progress)
+    baseline, baseline_seed = None, None
+    size = spec.baseline if args.baseline is None else args.baseline
+    if result.config.get("engine") != "Importance" and (size is None or size > 0):
+        from tilted.inference import Importance
+
+        size = size or result.num_particles
+        baseline_seed = (spec.seeds[0] or 0) + 1_000_003
+        engine = Importance(getattr(spec.engine, "model", spec.model), size, progress=progress)
+        baseline = engine.run(*spec.args, seed=baseline_seed, **spec.kwargs)
+    metadata = {"spec": spec.text, "spec_path": spec.source, "command": " ".join(["tilted", *sys.argv[1:]])}
+    if baseline_seed is not None:
+        metadata["baseline_seed"] = baseline_seed
+    dt = to_datatree(result, num_draws=args.draws, baseline=baseline, metadata=metadata)
+    path = save(dt, args.out)
+    diagnosis = diagnose(dt)
+    print(diagnosis)
+    print(f"\nresult: {path}  (tilted report {path} --out report.html)")
+    return 0
+
+
+def _report(args) -> int:
+    from tilted.diagnostics.arviz import load
+    from tilted.diagnostics.report import write_report
+    from tilted.diagnostics.verdicts import diagnose
+
+    dt = load(args.result)
+    diagnosis = diagnose(dt)
+    path = write_report(dt, args.out, diagnosis=diagnosis)
+    print(diagnosis)
+    print(f"\nreport: {path}")
+    return 1 if args.strict and not diagnosis.ok else 0
 
 
 if __name__ == "__main__":
