@@ -362,3 +362,20 @@ def test_report_screenshot(tmp_path, smc_result):
     )
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+
+
+@pytest.mark.parametrize("engine", ["DPS", "SVDD", "BestOfN", "NestedIS"])
+def test_guidance_and_search_results_convert_diagnose_and_report(engine, tmp_path):
+    """Only Result fields are read: approximate engines (unweighted, NaN log Ẑ) get no weight verdicts."""
+    import tilted.inference as inference
+
+    res = getattr(inference, engine)(das_toy(num_steps=5), 32, num_runs=2).run(seed=0)
+    dt = to_datatree(res)
+    back = from_datatree(load(save(dt, tmp_path / "r.nc")))
+    assert torch.equal(back.particles["x"], res.particles["x"])
+    d = diagnose(dt)
+    approximate = bool(torch.isnan(res.log_evidence).all())
+    for name in ("ess_final", "ess_min_step", "log_evidence_variance"):
+        assert (d.get(name).passed is None) == approximate, name
+    if engine == "DPS":
+        assert B64 in render_report(dt)

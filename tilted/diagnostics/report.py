@@ -142,6 +142,11 @@ def _evidence_html(dt: xr.DataTree) -> str:
     N = dt["particles"].sizes["particle"]
     rows = [(str(i), _num(float(z)), f"{e:.1f} / {N}") for i, (z, e) in enumerate(zip(lz, ess, strict=True))][:50]
     text = ""
+    if np.isnan(lz).all():
+        return (
+            f"<p>{_e(dt.attrs.get('engine', 'This engine'))} gives no evidence estimate (an approximate sampler "
+            "with unweighted particles).</p>"
+        )
     if len(lz) > 1:
         from tilted.diagnostics.arviz import log_mean_exp
 

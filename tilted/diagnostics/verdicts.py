@@ -7,6 +7,9 @@ runs, temperatures, pretrained draws) says so and gives no verdict (``passed=Non
 
 Rules (S = N particles per run, R runs; the worst run decides):
 
+Engines that return unweighted particles and no evidence (NaN log Ẑ: guidance, search) get no
+verdict on weights or evidence: their particles are not a weighted approximation of the target.
+
 ``ess_final``
     Kish ESS of the final weights, (Σw)²/Σw², at least ``min_ess_fraction``·N (default 10 %).
     Below that, every weighted estimate rests on fewer than N/10 effective particles. A rule of
@@ -174,22 +177,34 @@ def _runs_text(bad: np.ndarray, R: int) -> str:
 
 
 # -- the diagnostics -----------------------------------------------------------------------------------
+def _unweighted(dt: xr.DataTree) -> bool:
+    """An approximate engine (guidance, search) returns unweighted particles and no evidence (NaN log Ẑ)."""
+    return bool(np.isnan(dt["sample_stats"]["log_marginal_likelihood"].values).all())
+
+
 def check_ess_final(dt: xr.DataTree, min_fraction: float = 0.1) -> Verdict:
     lw = dt["particles"]["log_weight"].values
     R, N = lw.shape
     ess = _kish(lw)
     threshold = min_fraction * N
     worst, run = _worst(ess)
+    rule = f"final Kish ESS ≥ {min_fraction:g}·N"
+    if _unweighted(dt):
+        msg = f"unweighted particles from an approximate engine ({dt.attrs.get('engine', '?')}): no weights to judge"
+        return Verdict("ess_final", worst, threshold, None, msg, rule)
     passed = bool(worst >= threshold)
     where = f" (run {run})" if R > 1 else ""
     msg = f"final ESS {worst:.1f} of {N} particles{where}" + _runs_text(ess < threshold, R)
-    return Verdict("ess_final", worst, threshold, passed, msg, f"final Kish ESS ≥ {min_fraction:g}·N")
+    return Verdict("ess_final", worst, threshold, passed, msg, rule)
 
 
 def check_ess_min_step(dt: xr.DataTree, min_fraction: float = 0.05) -> Verdict:
     rule = f"min over steps of ESS ≥ max({min_fraction:g}·N, 2)"
     if "steps" not in dt.children:
         return Verdict("ess_min_step", None, None, None, "the engine recorded no per-step trace", rule)
+    if _unweighted(dt):
+        msg = f"unweighted particles from an approximate engine ({dt.attrs.get('engine', '?')}): no weights to judge"
+        return Verdict("ess_min_step", None, None, None, msg, rule)
     ess = dt["steps"]["ess"].values  # (R, S)
     R, S = ess.shape
     N = dt["particles"].sizes["particle"]
@@ -226,6 +241,9 @@ def check_log_evidence_variance(dt: xr.DataTree, max_variance: float = 1.0) -> V
     rule = f"sample variance of log Ẑ across runs < {max_variance:g} (needs num_runs ≥ 2)"
     lz = dt["sample_stats"]["log_marginal_likelihood"].values
     R = lz.shape[0]
+    if _unweighted(dt):
+        msg = f"no evidence estimate: {dt.attrs.get('engine', 'the engine')} is an approximate sampler"
+        return Verdict("log_evidence_variance", None, max_variance, None, msg, rule)
     if R < 2:
         return Verdict(
             "log_evidence_variance", None, max_variance, None, f"one run (log Ẑ = {lz[0]:.4g}): use num_runs ≥ 2", rule
