@@ -9,7 +9,9 @@ tests/test_search.py (Student t across independent runs, Bonferroni at 10⁻³).
 """
 
 import math
+import re
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -180,3 +182,14 @@ def test_deterministic_kernels_are_guided_silently():
         for name in ("dps", "mpgd", "freedom-travel"):
             res = ENGINES[name](make_model(process, LINEAR), 8).run(seed=0)
             assert torch.isfinite(res.particles["x"]).all()
+
+
+def test_docs_example_runs_as_written():
+    text = (Path(__file__).resolve().parents[1] / "docs" / "guidance.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert blocks
+    for block in blocks:
+        namespace = {}
+        exec(compile(block, "docs/guidance.md", "exec"), namespace)  # noqa: S102
+    assert namespace["best"].particles["x"].shape == (4, 2) and torch.isnan(namespace["svdd"].log_evidence)
+    assert torch.isfinite(namespace["exact"].log_evidence)
