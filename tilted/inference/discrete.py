@@ -193,7 +193,8 @@ class MaskedKernel:
         flat = x.reshape(-1, L)
         n = flat.shape[0]
         size = batch_size or n
-        x0 = torch.cat([process.predict(c, k) for c in flat.split(size)])
+        with torch.no_grad():  # gradients flow only through the reward at the relaxed input, never the denoiser
+            x0 = torch.cat([process.predict(c, k) for c in flat.split(size)])
         counts.denoiser_calls += n
         rewards = grads = None
         if with_rewards:
