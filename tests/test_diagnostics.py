@@ -379,3 +379,21 @@ def test_guidance_and_search_results_convert_diagnose_and_report(engine, tmp_pat
         assert (d.get(name).passed is None) == approximate, name
     if engine == "DPS":
         assert B64 in render_report(dt)
+
+
+def test_masked_discrete_results_convert_and_round_trip(tmp_path):
+    from tilted.distributions import MaskedDiffusion, TableReward, TabularSequences
+
+    g = torch.Generator().manual_seed(0)
+    proc = MaskedDiffusion(data=TabularSequences(torch.rand(3, 3, 3, generator=g, dtype=torch.float64)), num_steps=4)
+    reward = TableReward(torch.rand(3, 3, 3, generator=g, dtype=torch.float64))
+
+    def model():
+        tilted.factor("r", reward, pyro.sample("x", proc), temperature=0.5)
+
+    res = SMC(model, 32, num_runs=2).run(seed=0)
+    dt = to_datatree(res)
+    assert dt["posterior"]["x"].dtype == np.int64 and dt["posterior"]["x"].shape == (2, 32, 3)
+    assert torch.equal(from_datatree(load(save(dt, tmp_path / "d.nc"))).particles["x"], res.particles["x"])
+    assert diagnose(dt).get("ess_final").passed is not None
+    assert "samples[x]" not in figures(dt)  # token sequences get no scatter

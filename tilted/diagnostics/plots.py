@@ -9,7 +9,7 @@ no display needed); show one in a notebook by evaluating it, or save it with ``f
 - :func:`plot_genealogy` — the ancestral lines of one run, surviving lineages highlighted, and the
   number of distinct ancestors of the final particles at every step.
 - :func:`plot_rewards` — histograms of each reward, pretrained against tilted.
-- :func:`plot_samples` — scatter of a vector site's first two coordinates (histogram for one).
+- :func:`plot_samples` — scatter of a real vector site's first two coordinates (histogram for one).
 - :func:`plot_images` — image grids for sites shaped (…, C, H, W) with C ∈ {1, 3, 4}, or (…, H, W).
 - :func:`figures` — every plot that applies to the result, by name.
 """
@@ -58,9 +58,10 @@ def image_sites(data) -> list[str]:
 
 
 def vector_sites(data) -> list[str]:
-    """Sites whose event is a vector (one dimension)."""
+    """Real-valued sites whose event is a vector (one dimension); token sequences (integers) are left out."""
     dt = _as_datatree(data)
-    return [name for name, shape in _sites(dt).items() if len(shape) == 1]
+    post = dt["posterior"]
+    return [name for name, shape in _sites(dt).items() if len(shape) == 1 and post[name].dtype.kind == "f"]
 
 
 def _chain_lines(ax, x, ys, color, label, alpha=None):
