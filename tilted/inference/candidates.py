@@ -1,14 +1,16 @@
 """Candidate expansion and selection: the moves of SVDD, nested importance sampling and beam search.
 
 :func:`expand` draws M candidates x_{k-1}^{(1…M)} ~ p_k(· | x_k) per particle from the pretrained
-kernel, reusing the denoiser output x̂_0(x_k) the particle already carries (the kernel's moments
-need no further call). A deterministic step (σ_k = 0: DDIM with η = 0, or the last step to
-ᾱ_0 = 1) has one possible successor, so it yields one candidate whatever M: selection among copies
-of one state would change nothing, and evaluating them would waste calls.
+kernel, reusing the denoiser output x̂_0(x_k) the particle already carries (the kernel needs no
+further call): Gaussian moves N(μ_k, σ_k²I), or for a masked model the per-position categoricals of
+:meth:`~tilted.distributions.MaskedDiffusion.transition_probs`. A deterministic Gaussian step
+(σ_k = 0: DDIM with η = 0, or the last step to ᾱ_0 = 1) has one possible successor, so it yields one
+candidate whatever M: selection among copies of one state would change nothing, and evaluating them
+would waste calls.
 
-The noise of candidate m of particle i is drawn as one ``randn`` of shape (R, N, M, *event): with
-M = 1 this consumes the generator exactly as the pretrained sampler (``process.sample``) does, so an
-engine with one candidate reproduces pretrained draws bit for bit.
+The randomness of candidate m of particle i is drawn in one call over (R, N, M, …): with M = 1 this
+consumes the generator exactly as the pretrained sampler (``process.sample``) does, so an engine with
+one candidate reproduces pretrained draws bit for bit.
 
 Selection: :func:`choose` picks one candidate per particle, with probability ∝ exp(logit) or by
 argmax; :func:`take` gathers per-candidate tensors by the chosen index; :func:`top` keeps the best
@@ -19,11 +21,16 @@ from __future__ import annotations
 
 import torch
 
+from tilted.distributions.masked import MaskedDiffusion, draw_categorical
+
 F64 = torch.float64
 
 
 def expand(process, x: torch.Tensor, x0: torch.Tensor, k: int, num: int, generator=None) -> torch.Tensor:
     """Candidates (R, N, M', *event) from p_k(· | x_k) with x̂_0(x_k) = x0; M' = num, or 1 if step k is deterministic."""
+    if isinstance(process, MaskedDiffusion):
+        probs = process.transition_probs(x, k, x0).unsqueeze(2)  # (R, N, 1, L, V + 1)
+        return draw_categorical(probs.expand(probs.shape[:2] + (num,) + probs.shape[3:]), generator)
     mean, sigma = process.transition_moments(x, k, x0)
     mean = mean.unsqueeze(2)
     if sigma == 0:

@@ -26,7 +26,9 @@ for M times the denoiser calls.
 
 The kept candidate's x̂_0, rewards and ψ travel with it (and are gathered by ancestor at
 resampling): no evaluation is repeated. Deterministic steps give one candidate (no choice, G_k is
-the bootstrap weight).
+the bootstrap weight). Masked (discrete) models run too: candidates are draws of the unmasking
+categoricals, and ψ is read off fills of x̂_0 exactly as :class:`~tilted.inference.SMC` reads it
+(the same evaluation, so M = 1 is bootstrap SMC draw for draw there as well).
 """
 
 from __future__ import annotations
@@ -40,7 +42,6 @@ from tilted.errors import NonFiniteError
 from tilted.inference.candidates import choose, expand, take
 from tilted.inference.potentials import Potential
 from tilted.inference.smc import SMC, State
-from tilted.inference.values import Values
 from tilted.inference.walk import positive_int
 from tilted.plan import Plan
 from tilted.tempering import Tempering
@@ -73,8 +74,8 @@ class NestedIS(SMC):
     ess_threshold
         κ: resample when ESS < κN (default 1.0: at every step, as the Uehara et al. tutorial's nested
         IS does; 0.5 resamples adaptively).
-    resampler, tempering, num_runs, batch_size, progress
-        As for :class:`~tilted.inference.SMC`.
+    resampler, tempering, num_runs, batch_size, progress, fill, num_fills
+        As for :class:`~tilted.inference.SMC` (``fill``/``num_fills``: how masked models read ψ off x̂_0).
     """
 
     def __init__(
@@ -90,6 +91,8 @@ class NestedIS(SMC):
         num_runs: int | None = None,
         batch_size: int | None = None,
         progress: bool | None = None,
+        fill: str = "soft",
+        num_fills: int = 4,
     ):
         positive_int("num_candidates", num_candidates)
         super().__init__(
@@ -103,17 +106,14 @@ class NestedIS(SMC):
             num_runs=num_runs,
             batch_size=batch_size,
             progress=progress,
+            fill=fill,
+            num_fills=num_fills,
         )
         self.num_candidates = num_candidates
 
-    def init(self, plan: Plan, generator: torch.Generator | None = None):
-        state, info = super().init(plan, generator)
-        self._values = Values(plan, self.counts, self.batch_size)
-        return state, info
-
     def step(self, plan: Plan, state: State, generator: torch.Generator | None = None):
         """Expand x_k into M candidates, keep one by local weight, weight by the mean local weight."""
-        process, k, values = plan.process, state.level, self._values
+        process, k = plan.process, state.level
         s, last = process.num_steps - k + 1, k == 1
         R, N = state.psi.shape
         cands = expand(process, state.x, state.x0, k, self.num_candidates, generator)
@@ -122,9 +122,9 @@ class NestedIS(SMC):
         if last and M == 1 and process.is_deterministic(k) and state.rewards is not None:
             x0, rewards = None, state.rewards  # x_0 = x̂_0(x_1): its exact rewards are known
         elif last:
-            x0, rewards = None, values.rewards(flat)
-        else:
-            x0, rewards = values.state(flat, k - 1, self.potential.uses_rewards)
+            x0, rewards = None, self._final_rewards(plan, flat)
+        else:  # SMC's evaluation: x̂_0 and the rewards φ needs (of fills of x̂_0, for masked models)
+            x0, rewards, _ = self._evaluate(plan, flat, k - 1, self.potential.uses_rewards, False, generator)
         psi_prev = state.psi.repeat_interleave(M, dim=1)
 
         def increment(adaptive_lam: torch.Tensor):

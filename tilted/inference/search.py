@@ -3,7 +3,9 @@
 Each engine expands particles into candidates from the *pretrained* kernel
 (:func:`~tilted.inference.candidates.expand`) and keeps candidates by their value
 ψ̂ = Σ_j r_j(x̂_0(x))/α_j (:mod:`tilted.inference.values`; at level 0 the exact Σ_j r_j(x_0)/α_j).
-Rewards need no gradient. A candidate's x̂_0 is computed once: it scores the candidate and, if the
+Rewards need no gradient. Gaussian and masked (discrete) diffusion both run: for a masked model the
+candidates are draws of the per-position categoricals and ψ̂ is read off fills of x̂_0 (``fill="soft"``:
+the soft value over ``num_fills`` fills, or ``"argmax"``; as in :class:`~tilted.inference.SMC`). A candidate's x̂_0 is computed once: it scores the candidate and, if the
 candidate is kept, gives the next step's kernel moments.
 
 - :class:`SVDD` chooses one of M candidates *per particle* at every step (a soft or greedy policy);
@@ -29,7 +31,10 @@ import warnings
 
 import torch
 
+from tilted.distributions.gaussian import GaussianDiffusion
+from tilted.distributions.masked import MaskedDiffusion
 from tilted.inference.candidates import choose, expand, take, top
+from tilted.inference.discrete import check_fill
 from tilted.inference.values import Values
 from tilted.inference.walk import ChainEngine, Walk, non_negative, positive_int
 from tilted.plan import Plan
@@ -38,12 +43,25 @@ from tilted.plan import Plan
 class CandidateSearch(ChainEngine):
     """Base of the search engines: candidate expansion and scoring (module docstring)."""
 
+    processes = (GaussianDiffusion, MaskedDiffusion)
+
     def __init__(
-        self, model, num_particles: int, *, num_candidates: int = 20, num_runs=None, batch_size=None, progress=None
+        self,
+        model,
+        num_particles: int,
+        *,
+        num_candidates: int = 20,
+        fill: str = "soft",
+        num_fills: int = 4,
+        num_runs=None,
+        batch_size=None,
+        progress=None,
     ):
         super().__init__(model, num_particles, num_runs=num_runs, batch_size=batch_size, progress=progress)
         positive_int("num_candidates", num_candidates)
+        check_fill(fill, num_fills)
         self.num_candidates = num_candidates
+        self.fill, self.num_fills = fill, num_fills
 
     def check(self, plan: Plan) -> None:
         super().check(plan)
@@ -57,19 +75,23 @@ class CandidateSearch(ChainEngine):
             )
 
     def candidates(self, plan: Plan, values: Values, walk: Walk, num: int, generator=None):
-        """Candidates (R, N, M', *E) of every particle, their x̂_0 and their rewards (F, R, N, M').
+        """Candidates (R, N, M', *E) of every particle, their x̂_0, values ψ̂ (R, N, M') and exact rewards.
 
-        Rewards are evaluated when there is a choice (M' > 1) and at level 0 (exact, for the result).
+        Values are evaluated when there is a choice (M' > 1) and at level 0, where they come with the exact
+        rewards (F, R, N, M') of the candidates x_0 (otherwise ``None``).
         """
         k = walk.level
         x0 = walk.x0 if walk.x0 is not None else values.predict(walk.x, k)
         cands = expand(plan.process, walk.x, x0, k, num, generator)
-        needed = cands.shape[2] > 1 or k == 1
-        cand_x0, rewards = values.state(cands, k - 1, with_rewards=needed)
-        return cands, cand_x0, rewards
+        return (cands, *values.state(cands, k - 1, with_value=cands.shape[2] > 1))
 
     def config(self) -> dict:
-        return {**super().config(), "num_candidates": self.num_candidates}
+        return {
+            **super().config(),
+            "num_candidates": self.num_candidates,
+            "fill": self.fill,
+            "num_fills": self.num_fills,
+        }
 
 
 class SVDD(CandidateSearch):
@@ -102,6 +124,9 @@ class SVDD(CandidateSearch):
         α in the selection: ``None`` (default) uses every factor's own temperature (selection
         ∝ exp(Σ_j r_j/α_j), the model's tilt); a number α ≥ 0 replaces them all; 0 selects the
         argmax of Σ_j r_j (SVDD's greedy variant).
+    fill, num_fills
+        Masked models: ψ̂ from ``num_fills`` fills of x̂_0 (``"soft"``, default 4) or its ``"argmax"``
+        (with ``temperature=0`` the soft value becomes the best fill's Σ_j r_j).
     model, num_particles, num_runs, batch_size, progress
         As for :class:`~tilted.inference.walk.ChainEngine`.
     """
@@ -113,6 +138,8 @@ class SVDD(CandidateSearch):
         *,
         num_candidates: int = 20,
         temperature: float | None = None,
+        fill: str = "soft",
+        num_fills: int = 4,
         num_runs=None,
         batch_size=None,
         progress=None,
@@ -121,6 +148,8 @@ class SVDD(CandidateSearch):
             model,
             num_particles,
             num_candidates=num_candidates,
+            fill=fill,
+            num_fills=num_fills,
             num_runs=num_runs,
             batch_size=batch_size,
             progress=progress,
@@ -128,11 +157,11 @@ class SVDD(CandidateSearch):
         self.temperature = None if temperature is None else non_negative("temperature", temperature)
 
     def step(self, plan: Plan, values: Values, walk: Walk, generator=None):
-        cands, cand_x0, rewards = self.candidates(plan, values, walk, self.num_candidates, generator)
-        if rewards is None:
+        cands, cand_x0, value, rewards = self.candidates(plan, values, walk, self.num_candidates, generator)
+        if value is None:
             index = torch.zeros(cands.shape[:2], dtype=torch.long)
         else:
-            index = choose(values.value(rewards), self.temperature == 0, generator)
+            index = choose(value, self.temperature == 0, generator)
         chosen = Walk(walk.level - 1, take(cands, index, 0), take(cand_x0, index, 0), take(rewards, index, 1))
         return chosen, self.info(plan, cands.shape[0])
 
@@ -160,18 +189,20 @@ class BeamSearch(CandidateSearch):
     num_candidates
         M ≥ 1, candidates per beam and step (default 20; with M = 1 the beams are pretrained draws,
         reordered by value at the last step).
+    fill, num_fills
+        Masked models: how ψ̂ is read off x̂_0, as for :class:`SVDD`.
     model, num_runs, batch_size, progress
         As for :class:`~tilted.inference.walk.ChainEngine`.
     """
 
     def step(self, plan: Plan, values: Values, walk: Walk, generator=None):
-        cands, cand_x0, rewards = self.candidates(plan, values, walk, self.num_candidates, generator)
+        cands, cand_x0, value, rewards = self.candidates(plan, values, walk, self.num_candidates, generator)
         R, N, M = cands.shape[:3]
         runs = torch.arange(R)[:, None]
-        if rewards is None:
+        if value is None:
             pick = torch.arange(N).expand(R, N)
         else:
-            pick = top(values.value(rewards).reshape(R, N * M), N)
+            pick = top(value.reshape(R, N * M), N)
 
         def keep(t, dim):
             flat = t.flatten(dim + 1, dim + 2)
@@ -200,6 +231,8 @@ class BestOfN(CandidateSearch):
         N, particles returned per run (each the best of its own M chains).
     num_candidates
         M ≥ 1, chains per returned particle (default 20). M = 1 is the pretrained sampler.
+    fill, num_fills
+        Unused (only final, exact rewards are compared); accepted for a uniform signature.
     model, num_runs, batch_size, progress
         As for :class:`~tilted.inference.walk.ChainEngine`.
     """
@@ -210,12 +243,12 @@ class BestOfN(CandidateSearch):
         return Walk(plan.process.num_steps, x), self.info(plan, R)
 
     def step(self, plan: Plan, values: Values, walk: Walk, generator=None):
-        cands, cand_x0, rewards = self.candidates(plan, values, walk, 1, generator)
+        cands, cand_x0, value, rewards = self.candidates(plan, values, walk, 1, generator)
         x, x0, rewards = cands[:, :, 0], cand_x0[:, :, 0], None if rewards is None else rewards[..., 0]
         R = x.shape[0]
         if walk.level == 1:  # the last step: keep the best of each particle's M chains
             grouped = x.shape[:1] + (self.num_particles, self.num_candidates)
-            index = choose(values.value(rewards).reshape(grouped), True)
+            index = choose(value.reshape(grouped), True)
             x = take(x.reshape(grouped + x.shape[2:]), index, 0)
             rewards = take(rewards.reshape(rewards.shape[:1] + grouped), index, 1)
             x0 = x

@@ -1,28 +1,38 @@
-"""Values of chain states for guidance and search: denoiser predictions, rewards, ψ̂ and its gradient.
+"""Values of chain states for guidance and search: denoiser predictions, rewards, ψ̂ and its gradients.
 
 Guidance and search engines score a state x_k at level k by the one-sample value estimate
 
     ψ̂(x_k) = Σ_j r_j(x̂_0(x_k)) / α_j        (ψ̂(x_0) = Σ_j r_j(x_0)/α_j exactly at level 0),
 
-the log-tilt of the denoiser's prediction (DESIGN §2: v̂_k = r(x̂_0(x_k)), in units of the tilt).
-:class:`Values` evaluates predictions, rewards, ψ̂ and the two gradients guidance needs —
-∇_{x_k} ψ̂(x̂_0(x_k)) through the denoiser (DPS, FreeDoM) and ∇_{x̂_0} ψ̂ at the prediction (MPGD) —
-in micro-batches of ``batch_size`` particles, and counts every call in one
+the log-tilt of the denoiser's prediction (DESIGN §2: v̂_k = r(x̂_0(x_k)), in units of the tilt). For a
+masked (discrete) model x̂_0 is a table of per-position probabilities, and ψ̂ is read off *fills*
+(clean sequences drawn from x̂_0, :mod:`tilted.inference.discrete`): with ``fill="soft"`` the soft
+value log (1/M) Σ_m exp(Σ_j r_j(f_m)/α_j) over M fills (common random numbers per run, as in SMC),
+with ``fill="argmax"`` the rewards of the most probable sequence. With every α replaced by 0 (greedy
+search) ψ̂ is Σ_j r_j, and over fills its maximum (the α → 0 limit of the soft value estimate).
+
+:class:`Values` evaluates predictions, exact rewards, ψ̂ and the gradients guidance needs —
+∇_{x_k} ψ̂(x̂_0(x_k)) through the denoiser (DPS, FreeDoM), ∇_{x̂_0} ψ̂ at the prediction (MPGD), and
+for masked models Σ_j ∇_P r_j(P)/α_j at the relaxed input P = x̂_0 (the Taylor tilt) — in
+micro-batches of ``batch_size`` particles, and counts every call in one
 :class:`~tilted.inference.result.Counts`:
 
 - a denoiser call per particle evaluated at a level k > 0 (level 0 needs none: x̂_0(x_0) = x_0);
-- a reward call per factor and particle;
-- a gradient evaluation per particle and backward pass (one pass differentiates Σ_j r_j/α_j, so
-  several factors still cost one gradient).
+- a reward call per factor, particle and fill;
+- a gradient evaluation per particle and backward pass: one pass differentiates Σ_j r_j/α_j for
+  Gaussian models; masked models differentiate each factor at the relaxed input (F per particle, as SMC).
 
-Every tensor has leading batch dimensions (any number) followed by the process's event shape.
+Every tensor has leading batch dimensions followed by the process's event shape (for masked models
+the first batch dimension is the run: fills share their random numbers within a run).
 """
 
 from __future__ import annotations
 
 import torch
 
+from tilted.distributions.masked import MaskedDiffusion
 from tilted.errors import ModelError
+from tilted.inference.discrete import MaskedKernel, fill_potential
 from tilted.inference.result import Counts
 from tilted.plan import Plan
 
@@ -41,15 +51,33 @@ class Values:
     batch_size
         Particles per denoiser/reward evaluation (``None``: all at once). Results do not depend on it.
     temperatures
-        α used in ψ̂ = Σ_j r_j/α_j: ``None`` for the factors' own, or one number replacing every α_j.
+        α used in ψ̂ = Σ_j r_j/α_j: ``None`` for the factors' own, or one number replacing every α_j
+        (0: greedy, ψ̂ = Σ_j r_j).
+    generator
+        The run's generator (masked models draw their fills' random numbers from it, once per run).
+    fill, num_fills
+        Masked models: how ψ̂ is read off x̂_0 (module docstring).
     """
 
-    def __init__(self, plan: Plan, counts: Counts, batch_size: int | None = None, temperatures: float | None = None):
+    def __init__(
+        self,
+        plan: Plan,
+        counts: Counts,
+        batch_size: int | None = None,
+        temperatures: float | None = None,
+        generator: torch.Generator | None = None,
+        fill: str = "soft",
+        num_fills: int = 4,
+    ):
         self.plan = plan
         self.counts = counts
         self.batch_size = batch_size
+        self.generator = generator
         alpha = plan.temperatures if temperatures is None else torch.full((len(plan.factors),), float(temperatures))
         self.alpha = alpha.to(F64)
+        self.greedy = temperatures == 0
+        masked = isinstance(plan.process, MaskedDiffusion)
+        self.kernel = MaskedKernel(plan.process, fill, num_fills) if masked else None
 
     @property
     def num_factors(self) -> int:
@@ -60,38 +88,59 @@ class Values:
         flat = x.reshape((-1,) + event)
         return flat, flat.split(self.batch_size or max(flat.shape[0], 1))
 
+    def _masked(self, x: torch.Tensor, k: int, with_rewards: bool, with_grads: bool):
+        """MaskedKernel.evaluate on x (R, ..., L) seen as (R, n, L): x̂_0, fill rewards, relaxed gradients."""
+        R, L = x.shape[0], x.shape[-1]
+        x0, rewards, grads = self.kernel.evaluate(
+            self.plan, x.reshape(R, -1, L), k, with_rewards, with_grads, self.generator, self.counts, self.batch_size
+        )
+        return x0.reshape(x.shape + x0.shape[-1:]), rewards, grads
+
     # -- plain evaluations ----------------------------------------------------------------------
     def predict(self, x: torch.Tensor, k: int) -> torch.Tensor:
-        """x̂_0(x_k), same shape as x (no gradient)."""
+        """x̂_0(x_k) (no gradient): same shape as x, or (..., L, V) probabilities for a masked model."""
         if k == 0:
             return x
+        if self.kernel is not None:
+            return self._masked(x, k, False, False)[0]
         flat, chunks = self._chunks(x)
         with torch.no_grad():
             out = torch.cat([self.plan.process.predict(c, k) for c in chunks])
         self.counts.denoiser_calls += flat.shape[0]
         return out.reshape(x.shape)
 
-    def rewards(self, x0: torch.Tensor) -> torch.Tensor:
-        """r_j(x0) for every factor: (F, *batch), validated finite."""
-        batch = x0.shape[: x0.ndim - self.plan.event_dim]
-        flat, chunks = self._chunks(x0)
+    def rewards(self, x: torch.Tensor) -> torch.Tensor:
+        """Exact r_j(x) of clean states for every factor: (F, *batch), validated finite."""
+        batch = x.shape[: x.ndim - self.plan.event_dim]
+        flat, chunks = self._chunks(x)
         with torch.no_grad():
             out = torch.cat([self.plan.rewards(c) for c in chunks], -1)
         self.counts.reward_calls += self.num_factors * flat.shape[0]
         return out.reshape((self.num_factors,) + batch)
 
-    def value(self, rewards: torch.Tensor) -> torch.Tensor:
-        """ψ̂ = Σ_j r_j/α_j from rewards (F, *batch): (*batch), float64. With α = 0 (argmax search): Σ_j r_j."""
+    def score(self, rewards: torch.Tensor) -> torch.Tensor:
+        """Σ_j r_j/α_j over the factor dimension of rewards (F, ...), float64 (greedy: Σ_j r_j)."""
         r = rewards.to(F64)
-        if not self.num_factors:
-            return r.new_zeros(r.shape[1:])
-        alpha = self.alpha.reshape((-1,) + (1,) * (r.ndim - 1))
-        return (r / torch.where(alpha > 0, alpha, torch.ones_like(alpha))).sum(0)
+        if self.greedy or not self.num_factors:
+            return r.sum(0)
+        return (r / self.alpha.reshape((-1,) + (1,) * (r.ndim - 1))).sum(0)
 
-    def state(self, x: torch.Tensor, k: int, with_rewards: bool = True):
-        """(x̂_0(x_k), rewards of x̂_0 or ``None``); at level 0 the rewards are the exact r_j(x_0)."""
-        x0 = self.predict(x, k)
-        return x0, self.rewards(x0) if with_rewards else None
+    def state(self, x: torch.Tensor, k: int, with_value: bool = True):
+        """(x̂_0(x_k), ψ̂(x_k) or ``None``, exact rewards at level 0 or ``None``) for states x at level k."""
+        if k == 0:
+            rewards = self.rewards(x)
+            return x, self.score(rewards), rewards
+        if self.kernel is None:
+            x0 = self.predict(x, k)
+            return x0, self.score(self.rewards(x0)) if with_value else None, None
+        x0, fills, _ = self._masked(x, k, with_value, False)
+        if not with_value:
+            return x0, None, None
+        if self.greedy:
+            value = self.score(fills).amax(-1)
+        else:
+            value = fill_potential(fills, torch.ones(fills.shape[:2], dtype=F64), self.alpha)
+        return x0, value.reshape(x.shape[:-1]), None
 
     # -- gradients ----------------------------------------------------------------------------
     def gradient(self, x: torch.Tensor, k: int, through_denoiser: bool = True):
@@ -111,7 +160,7 @@ class Values:
             with torch.enable_grad():
                 leaf = chunk.detach().requires_grad_(True)
                 pred = self.plan.process.predict(leaf, k) if through_denoiser and k > 0 else leaf
-                psi = self.value(self.plan.rewards(pred))
+                psi = self.score(self.plan.rewards(pred))
                 if not psi.requires_grad:
                     raise ModelError(
                         f"gradient guidance needs rewards differentiable in x; {[f.name for f in self.plan.factors]} "
@@ -128,3 +177,17 @@ class Values:
         self.counts.gradient_evaluations += n
         x0 = x0 if not through_denoiser else torch.cat(x0s).reshape(x.shape)
         return x0, torch.cat(grads).reshape(x.shape)
+
+    def relaxed_gradient(self, x: torch.Tensor, k: int):
+        """Masked models: (x̂_0(x_k), g) with g = Σ_j ∇_P r_j(P)/α_j at P = x̂_0(x_k), (..., L, V) float64."""
+        try:
+            x0, _, grads = self._masked(x, k, False, self.num_factors > 0)
+        except ModelError as err:
+            raise ModelError(
+                f"discrete gradient guidance differentiates the rewards at relaxed inputs: {err}. Or use a "
+                "derivative-free engine (SVDD, BeamSearch, BestOfN, NestedIS)"
+            ) from err
+        if not self.num_factors:
+            return x0, torch.zeros_like(x0)
+        coef = (1 / self.alpha).reshape((-1,) + (1,) * (grads.ndim - 1))
+        return x0, (coef * grads).sum(0).reshape(x0.shape)

@@ -83,6 +83,11 @@ class ChainEngine:
 
     #: the temperature replacing every factor's α in the value ψ̂ (``None``: the factors' own)
     temperature: float | None = None
+    #: masked models: how ψ̂ is read off x̂_0 (:mod:`tilted.inference.values`)
+    fill: str = "soft"
+    num_fills: int = 4
+    #: the processes the engine runs
+    processes: tuple[type, ...] = (GaussianDiffusion,)
 
     def __init__(self, model, num_particles: int, *, num_runs=None, batch_size=None, progress=None):
         positive_int("num_particles", num_particles)
@@ -96,11 +101,10 @@ class ChainEngine:
 
     # -- the steps ----------------------------------------------------------------------------
     def check(self, plan: Plan) -> None:
-        """Refuse processes the engine cannot run (Gaussian diffusion only, for now)."""
-        if not isinstance(plan.process, GaussianDiffusion):
-            raise ModelError(
-                f"{type(self).__name__} runs Gaussian diffusion processes, got {type(plan.process).__name__}"
-            )
+        """Refuse processes the engine cannot run (:attr:`processes`)."""
+        if not isinstance(plan.process, self.processes):
+            names = " and ".join(p.__name__ for p in self.processes)
+            raise ModelError(f"{type(self).__name__} runs {names} processes, got {type(plan.process).__name__}")
 
     def init(self, plan: Plan, values: Values, generator=None) -> tuple[Walk, StepInfo]:
         """x_K ~ N(0, I) for every particle of every run (drawn as the pretrained sampler draws it)."""
@@ -134,7 +138,7 @@ class ChainEngine:
         self.check(plan)
         generator = as_generator(seed)
         self.counts = Counts()
-        values = Values(plan, self.counts, self.batch_size, self.temperature)
+        values = Values(plan, self.counts, self.batch_size, self.temperature, generator, self.fill, self.num_fills)
         walk, info = self.init(plan, values, generator)
         infos = [info]
         disable = None if self.progress is None else not self.progress
