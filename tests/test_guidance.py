@@ -15,12 +15,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_search import LINEAR, ZERO, assert_law, small_process, t_for
+from test_discrete_smc import make_model as masked_model
+from test_discrete_smc import process as masked_process
+from test_discrete_smc import table
+from test_search import LINEAR, ZERO, assert_law, masked_law_check, small_process, t_for
 from test_smc import make_model
 
+from tilted.distributions import TableReward
 from tilted.errors import ModelError
-from tilted.inference import DPS, MPGD, FreeDoM
-from tilted.reference import LinearGaussianChain
+from tilted.inference import DPS, MPGD, FreeDoM, TaylorGuidance
+from tilted.reference import LinearGaussianChain, MaskedChain, total_variation
 from tilted.rewards import Quadratic
 
 NO_TRAVEL = {"recurrence": 1}
@@ -187,9 +191,57 @@ def test_deterministic_kernels_are_guided_silently():
 def test_docs_example_runs_as_written():
     text = (Path(__file__).resolve().parents[1] / "docs" / "guidance.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
-    assert blocks
+    assert len(blocks) == 2
+    namespace = {}
     for block in blocks:
-        namespace = {}
         exec(compile(block, "docs/guidance.md", "exec"), namespace)  # noqa: S102
     assert namespace["best"].particles["x"].shape == (4, 2) and torch.isnan(namespace["svdd"].log_evidence)
     assert torch.isfinite(namespace["exact"].log_evidence)
+    assert namespace["tokens"].shape == (32, 3) and namespace["tokens"].dtype == torch.long
+
+
+# -- masked (discrete) diffusion: the Taylor tilt ----------------------------------------------------
+def test_taylor_guidance_without_guidance_is_pretrained_sampling_draw_for_draw():
+    proc = masked_process(3, 3, 4, 0)
+    want = proc.sample((2, 16), generator=3)
+    for reward, scale in ((TableReward(table(3, 3, 1)), 0.0), (TableReward(torch.zeros(3, 3, 3)), 1.0)):
+        res = TaylorGuidance(masked_model(proc, reward), 16, scale=scale, num_runs=2).run(seed=3)
+        assert torch.equal(res.particles["x"], want)
+
+
+@pytest.mark.parametrize("L", [1, 3])
+def test_taylor_guidance_is_exact_for_one_step_and_additive_rewards(L):
+    """K = 1 fills every position at once, independently; for r(s) = Σ_i f_i(s_i) the Taylor tilt is the
+    exact per-position tilt, so the unweighted particles follow the chain's tilted law (TV bound as in
+    test_discrete_smc, from the across-run spread)."""
+    V, alpha = 3, 0.4
+    f = torch.randn(L, V, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    r = sum(f[i].reshape((1,) * i + (V,) + (1,) * (L - 1 - i)) for i in range(L)).expand((V,) * L)
+    proc = masked_process(V, L, 1, 2)
+    exact, _ = MaskedChain(proc).tilted(r.reshape(-1), alpha)
+    res = TaylorGuidance(masked_model(proc, TableReward(r), alpha), 256, num_runs=32).run(seed=0)
+    masked_law_check(res, exact, V)
+    pretrained = MaskedChain(proc).law()
+    assert total_variation(exact, pretrained) > 0.2  # the tilt is far from the pretrained law
+
+
+def test_taylor_guidance_moves_towards_the_reward_and_counts():
+    proc = masked_process(3, 3, 4, 0)
+    reward = TableReward(table(3, 3, 1))
+    res = TaylorGuidance(masked_model(proc, reward, 0.2), 64, num_runs=2).run(seed=0)
+    assert res.rewards["r"].mean() > reward(proc.sample((2, 64), generator=0)).mean() + 0.05
+    n = 2 * 64
+    assert res.counts.denoiser_calls == 4 * n and res.counts.gradient_evaluations == 4 * n
+    assert res.counts.reward_calls == n and torch.isnan(res.log_evidence).all()
+
+
+def test_taylor_guidance_bad_input():
+    proc = masked_process(3, 3, 4, 0)
+    with pytest.raises(ModelError, match="relaxed"):  # a reward on token ids only: no gradient at P
+        TaylorGuidance(masked_model(proc, lambda x: (x == 0).sum(-1).double()), 4).run(seed=0)
+    with pytest.raises(ModelError, match="masked"):
+        TaylorGuidance(make_model(small_process(), LINEAR), 4).run(seed=0)
+    with pytest.raises(ModelError, match="TaylorGuidance"):
+        DPS(masked_model(proc, TableReward(table(3, 3, 1))), 4).run(seed=0)
+    with pytest.raises(ModelError, match="scale"):
+        TaylorGuidance(masked_model(proc, None), 4, scale=-1)

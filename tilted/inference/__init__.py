@@ -1,6 +1,6 @@
 """Inference engines: sequential Monte Carlo, importance sampling, guidance and search, with their building blocks."""
 
-from tilted.inference.guidance import DPS, MPGD, FreeDoM
+from tilted.inference.guidance import DPS, MPGD, FreeDoM, TaylorGuidance
 from tilted.inference.importance import Importance
 from tilted.inference.nested import NestedIS
 from tilted.inference.potentials import Max, Potential, Sum, Terminal, Tweedie, Twist
@@ -24,6 +24,7 @@ __all__ = [
     "Potential",
     "Result",
     "StepTrace",
+    "TaylorGuidance",
     "Sum",
     "Terminal",
     "Tweedie",
