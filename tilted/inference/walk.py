@@ -42,7 +42,7 @@ class Walk:
     level: int
     x: torch.Tensor
     x0: torch.Tensor | None = None  # x̂_0(x), reused by the next step when known
-    rewards: torch.Tensor | None = None  # r_j(x̂_0(x)), (F, R, N); exact at level 0
+    rewards: torch.Tensor | None = None  # the exact r_j(x_0), (F, R, N), when known at level 0
 
 
 def positive_int(name: str, value, optional: bool = False) -> None:
