@@ -1,0 +1,1 @@
+"""Benchmarks of tilted engines against exact targets: run with `./run bench` (see docs/benchmarks.md)."""
