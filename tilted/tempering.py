@@ -76,6 +76,11 @@ class Adaptive(Tempering):
     With W the current normalised weights and w(λ) the incremental weight at the candidate λ, the
     chosen λ is the largest (to ``tol``) with ESS(W · w(λ)) ≥ target_ess · ESS(W · w(λ_prev)).
     λ_prev always qualifies, so the bisection is well posed; the last level is forced to λ = 1.
+
+    On a diffusion chain the Tweedie value r(x̂_0(x_k)) barely varies between particles at high
+    noise, so early increments cost no ESS at any λ and the rule admits λ = 1 after the first step;
+    λ never decreases, so the run then equals no tempering (measured on the DAS ring toy,
+    docs/benchmarks.md). Use a fixed schedule (``Exponential``) to delay the tilt deliberately.
     """
 
     adaptive = True
