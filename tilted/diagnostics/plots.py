@@ -75,15 +75,20 @@ def _chain_lines(ax, x, ys, color, label, alpha=None):
         ax.plot(x, np.median(ys, 0), color=color, lw=1.5, label=f"{label} (median over runs)")
 
 
+def _message(fig: Figure, text: str) -> Figure:
+    """A figure that says why there is nothing to plot."""
+    ax = fig.subplots()
+    ax.text(0.5, 0.5, text, ha="center", va="center")
+    ax.set_axis_off()
+    return fig
+
+
 def plot_steps(data) -> Figure:
     """ESS/N per step (one line per run; resampling marked) and λ_t of each factor."""
     dt = _as_datatree(data)
     fig = Figure(figsize=(8, 5.5), layout="constrained")
     if "steps" not in dt.children:
-        ax = fig.subplots()
-        ax.text(0.5, 0.5, "this engine records no per-step trace", ha="center", va="center")
-        ax.set_axis_off()
-        return fig
+        return _message(fig, "this engine records no per-step trace")
     st = dt["steps"]
     ess = st["ess"].values
     R, S = ess.shape
@@ -168,10 +173,7 @@ def plot_genealogy(data, chain: int = 0) -> Figure:
     dt = _as_datatree(data)
     fig = Figure(figsize=(9, 5.5), layout="constrained")
     if "steps" not in dt.children:
-        ax = fig.subplots()
-        ax.text(0.5, 0.5, "this engine records no ancestors", ha="center", va="center")
-        ax.set_axis_off()
-        return fig
+        return _message(fig, "this engine records no ancestors")
     anc = dt["steps"]["ancestors"].values[chain]  # (S, N)
     S, N = anc.shape
     ax, ax2 = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
