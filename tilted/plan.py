@@ -5,6 +5,13 @@ handler that stops at the sequential site (returning a placeholder instead of ru
 and records each ``tilted.factor`` statement as a :class:`~tilted.factor.Factor` without evaluating
 it. Engines then evaluate the factors on x̂_0 at every step, and :meth:`Plan.replay` runs the model
 with the engine's final particles so every site of the user's model has a value.
+
+Groups. A process with a batch shape (P,) — for example one Stable Diffusion chain per prompt — is P
+independent targets. Engines run each as its own run: R = M·P runs, run r = m·P + p holding group p
+(M = ``num_runs`` or 1), with engine tensors laid out (R, *S, *T). The process and the rewards see
+the Pyro layout instead, the group dimension right before the event: (B, P, *T).
+:meth:`Plan.to_site` and :meth:`Plan.from_site` convert between the two, and :meth:`Plan.chunks`
+cuts the site layout into micro-batches along B.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
 from tilted.distributions.process import SequentialProcess
-from tilted.errors import ModelError
+from tilted.errors import ModelError, ShapeError
 from tilted.factor import Factor, evaluate_reward
 
 
@@ -111,6 +118,49 @@ class Plan:
         return len(self.process.event_shape)
 
     @property
+    def groups(self) -> int:
+        """P, the number of independent groups of the process (its batch shape; 1 without one)."""
+        return self.process.batch_shape.numel()
+
+    @property
+    def grouped(self) -> bool:
+        return len(self.process.batch_shape) > 0
+
+    def runs(self, num_runs: int | None) -> int:
+        """R = M·P runs for ``num_runs`` = M (or 1) repetitions of the P groups."""
+        return (num_runs or 1) * self.groups
+
+    def to_site(self, x: torch.Tensor, batch_ndim: int, lead: int = 0) -> torch.Tensor:
+        """Engine layout (*L, R, *S, *T) → site layout (*L, B, P, *T), B = M·|S| (no P without groups).
+
+        ``lead`` dimensions L are kept in front; ``batch_ndim`` = 1 + len(S) counts R and S.
+        """
+        L, batch, rest = x.shape[:lead], x.shape[lead : lead + batch_ndim], x.shape[lead + batch_ndim :]
+        if not self.grouped:
+            return x.reshape(L + (batch.numel(),) + rest)
+        P = self.groups
+        if batch[0] % P:
+            raise ShapeError(f"{batch[0]} runs are not a multiple of the process's {P} groups")
+        y = x.reshape(L + (batch[0] // P, P) + batch[1:] + rest).movedim(lead + 1, lead + batch_ndim)
+        return y.reshape(L + (batch.numel() // P, P) + rest)
+
+    def from_site(self, y: torch.Tensor, batch: tuple[int, ...], lead: int = 0) -> torch.Tensor:
+        """Site layout (*L, B, P, *T) → engine layout (*L, *batch, *T): the inverse of :meth:`to_site`."""
+        batch = tuple(batch)
+        L = y.shape[:lead]
+        if not self.grouped:
+            return y.reshape(L + batch + y.shape[lead + 1 :])
+        P, rest = self.groups, y.shape[lead + 2 :]
+        z = y.reshape(L + (batch[0] // P,) + batch[1:] + (P,) + rest).movedim(lead + len(batch), lead + 1)
+        return z.reshape(L + batch + rest)
+
+    def chunks(self, x: torch.Tensor, batch_ndim: int, batch_size: int | None) -> tuple[torch.Tensor, ...]:
+        """The site layout of x cut into micro-batches of about ``batch_size`` particles along B."""
+        flat = self.to_site(x, batch_ndim)
+        rows = flat.shape[0] if batch_size is None else max(1, batch_size // self.groups)
+        return flat.split(max(rows, 1))
+
+    @property
     def temperatures(self) -> torch.Tensor:
         return torch.tensor([f.temperature for f in self.factors], dtype=torch.float64)
 
@@ -120,6 +170,12 @@ class Plan:
         if not self.factors:
             return x.new_zeros((0,) + batch)
         return torch.stack([evaluate_reward(f.name, f.reward, (x,), batch) for f in self.factors])
+
+    def rewards_at(self, x: torch.Tensor, batch_ndim: int, batch_size: int | None = None) -> torch.Tensor:
+        """:meth:`rewards` of engine-layout states (R, *S, *E) in micro-batches, without gradients: (F, R, *S)."""
+        with torch.no_grad():
+            parts = [self.rewards(c) for c in self.chunks(x, batch_ndim, batch_size)]
+        return self.from_site(torch.cat(parts, 1), x.shape[:batch_ndim], lead=1)
 
     def log_factor(self, rewards: torch.Tensor) -> torch.Tensor:
         """Σ_j r_j / α_j from :meth:`rewards` output: the exact terminal log-potential."""
@@ -151,4 +207,9 @@ def read_plan(model: Callable[..., Any], *args, **kwargs) -> Plan:
     if not reader.sites:
         raise ModelError("the model has no sequential site: sample a tilted.distributions process with pyro.sample")
     site, process = next(iter(reader.sites.items()))
+    if len(process.batch_shape) > 1:
+        raise ModelError(
+            f"site {site!r} has batch shape {tuple(process.batch_shape)}; engines run processes with at most one "
+            "batch (group) dimension, e.g. one chain per prompt: flatten the groups into one dimension"
+        )
     return Plan(model, site, process, tuple(reader.factors), tuple(args), dict(kwargs))

@@ -68,9 +68,7 @@ def _diffusers_schedule(schedule, num_train_timesteps: int, timestep_spacing: st
     if not torch.isfinite(ac).all() or (ac <= 0).any() or (ac > 1).any() or (ac[1:] >= ac[:-1]).any():
         raise ModelError("alphas_cumprod must be finite, in (0, 1] and strictly decreasing")
     betas = 1 - ac / torch.cat([ac.new_ones(1), ac[:-1]])
-    return DDIMScheduler(
-        num_train_timesteps=ac.numel(), trained_betas=betas.numpy(), timestep_spacing=timestep_spacing
-    )
+    return DDIMScheduler(num_train_timesteps=ac.numel(), trained_betas=betas.numpy(), timestep_spacing=timestep_spacing)
 
 
 class GaussianDiffusion(SequentialProcess):
@@ -105,6 +103,10 @@ class GaussianDiffusion(SequentialProcess):
         ᾱ_0 of the last level; 1 makes the last step deterministic.
     context
         Keyword arguments passed to every denoiser call (conditioning).
+    batch_shape
+        ``(P,)`` for P independent chains with their own conditioning (one per prompt): a context
+        tensor whose leading dimension is P is read per group, and engines run each group as its own
+        run (:mod:`tilted.plan`). Default ``()``: one chain, context passed unchanged.
     """
 
     def __init__(
@@ -122,12 +124,15 @@ class GaussianDiffusion(SequentialProcess):
         clip_sample: float | None = None,
         final_alpha_cumprod: float | None = None,
         context: Mapping[str, Any] | None = None,
+        batch_shape: tuple[int, ...] | torch.Size = (),
     ):
         if (denoiser is None) == (data is None):
             raise ModelError("give exactly one of denoiser= (a network or callable) and data= (a data law)")
         if data is not None:
             if event_shape is not None and torch.Size(event_shape) != torch.Size(data.event_shape):
-                raise ShapeError(f"event_shape {tuple(event_shape)} differs from the data law's {tuple(data.event_shape)}")
+                raise ShapeError(
+                    f"event_shape {tuple(event_shape)} differs from the data law's {tuple(data.event_shape)}"
+                )
             event_shape = data.event_shape
             prediction_type = "sample"
         if event_shape is None:
@@ -151,7 +156,10 @@ class GaussianDiffusion(SequentialProcess):
         if final_alpha_cumprod is None:
             one = getattr(scheduler.config, "set_alpha_to_one", True)
             final_alpha_cumprod = 1.0 if one else float(train_ac[0])
-        super().__init__(event_shape, num_steps)
+        batch_shape = torch.Size(batch_shape)
+        if len(batch_shape) > 1 or any(n < 1 for n in batch_shape):
+            raise ShapeError(f"batch_shape must be () or (P,) with P ≥ 1 groups, got {tuple(batch_shape)}")
+        super().__init__(event_shape, num_steps, batch_shape)
         self.denoiser = denoiser
         self.data = data
         self.eta = eta
@@ -161,7 +169,9 @@ class GaussianDiffusion(SequentialProcess):
         self.scheduler = scheduler
         #: inference timesteps τ_K > … > τ_1, in sampling order (as diffusers' ``scheduler.timesteps``)
         self.timesteps = scheduler.timesteps.to(torch.long).clone()
-        levels = torch.cat([torch.tensor([float(final_alpha_cumprod)], dtype=torch.float64), train_ac[self.timesteps.flip(0)]])
+        levels = torch.cat(
+            [torch.tensor([float(final_alpha_cumprod)], dtype=torch.float64), train_ac[self.timesteps.flip(0)]]
+        )
         if (levels[1:] >= levels[:-1]).any():
             raise ModelError("inference noise levels must strictly decrease from x_0 to x_K")
         #: ᾱ_k for levels k = 0, …, K (index by level)
@@ -188,16 +198,35 @@ class GaussianDiffusion(SequentialProcess):
 
     # -- the chain --------------------------------------------------------------------------
     def initial(self):
-        loc = torch.zeros(self.event_shape)
+        loc = torch.zeros(self.event_shape, device=self.device)
         return torch.distributions.Independent(torch.distributions.Normal(loc, 1.0), len(self.event_shape))
 
     def draw_initial(self, shape, generator=None):
-        return torch.randn(torch.Size(shape) + self.event_shape, generator=generator)
+        return torch.randn(torch.Size(shape) + self.event_shape, generator=generator, device=self.device)
+
+    @property
+    def device(self) -> torch.device:
+        return super().device if self.data is None else torch.device("cpu")
+
+    def _context(self, batch: torch.Size) -> dict[str, Any]:
+        """The context for a flattened batch: tensors with a leading group dimension P are read per group."""
+        if not self.batch_shape:
+            return self.context
+        P = self.batch_shape[0]
+        return {
+            name: v.expand(batch + v.shape[1:]).reshape((-1,) + v.shape[1:])
+            if isinstance(v, torch.Tensor) and v.ndim >= 1 and v.shape[0] == P
+            else v
+            for name, v in self.context.items()
+        }
 
     def predict(self, x: torch.Tensor, k: int) -> torch.Tensor:
         """x̂_0(x_k): the exact posterior mean for a data law, else the converted network output."""
-        if x.shape[x.ndim - len(self.event_shape) :] != self.event_shape:
-            raise ShapeError(f"expected x with trailing shape {tuple(self.event_shape)}, got {tuple(x.shape)}")
+        trailing = self.batch_shape + self.event_shape
+        if x.shape[x.ndim - len(trailing) :] != trailing:
+            raise ShapeError(
+                f"expected x with trailing shape {tuple(trailing)} (groups, then the event), got {tuple(x.shape)}"
+            )
         a = float(self.alphas_cumprod[k])
         if self.data is not None:
             out = self.data.posterior_mean(x, a)
@@ -205,7 +234,7 @@ class GaussianDiffusion(SequentialProcess):
             batch = x.shape[: x.ndim - len(self.event_shape)]
             flat = x.reshape((-1,) + self.event_shape)
             t = torch.full((flat.shape[0],), self.timestep(k), dtype=torch.long, device=x.device)
-            out = self.denoiser(flat, t, **self.context)
+            out = self.denoiser(flat, t, **self._context(batch))
             out = getattr(out, "sample", out)
             if not isinstance(out, torch.Tensor) or out.shape != flat.shape:
                 got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__

@@ -173,7 +173,7 @@ class MaskedDiffusion(SequentialProcess):
         return Delta(torch.full(self.event_shape, self.mask_id, dtype=torch.long), event_dim=1)
 
     def draw_initial(self, shape, generator=None):
-        return torch.full(torch.Size(shape) + self.event_shape, self.mask_id, dtype=torch.long)
+        return torch.full(torch.Size(shape) + self.event_shape, self.mask_id, dtype=torch.long, device=self.device)
 
     def placeholder(self) -> torch.Tensor:
         return torch.zeros(self.event_shape, dtype=torch.long)

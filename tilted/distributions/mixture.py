@@ -42,10 +42,16 @@ class GaussianMixture:
         if cov.ndim == 2:
             cov = cov.expand(c, d, d)
         if cov.shape != (c, d, d):
-            raise ShapeError(f"covariances must have shape ({c}, {d}, {d}), (d, d) or be a scalar, got {tuple(cov.shape)}")
+            raise ShapeError(
+                f"covariances must have shape ({c}, {d}, {d}), (d, d) or be a scalar, got {tuple(cov.shape)}"
+            )
         if not torch.allclose(cov, cov.transpose(-1, -2)) or (torch.linalg.eigvalsh(cov) <= 0).any():
             raise ModelError("covariances must be symmetric positive definite")
-        w = torch.full((c,), 1.0 / c, dtype=torch.float64) if weights is None else torch.as_tensor(weights, dtype=torch.float64)
+        w = (
+            torch.full((c,), 1.0 / c, dtype=torch.float64)
+            if weights is None
+            else torch.as_tensor(weights, dtype=torch.float64)
+        )
         if w.shape != (c,) or (w < 0).any() or not torch.isfinite(w).all() or w.sum() <= 0:
             raise ModelError(f"weights must be {c} finite non-negative numbers with a positive sum")
         self.means = means

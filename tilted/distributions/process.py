@@ -30,11 +30,11 @@ class SequentialProcess(TorchDistribution, abc.ABC):
     arg_constraints: dict = {}
     support = constraints.real
 
-    def __init__(self, event_shape: torch.Size, num_steps: int):
+    def __init__(self, event_shape: torch.Size, num_steps: int, batch_shape: torch.Size = torch.Size()):
         if int(num_steps) < 1:
             raise ValueError(f"num_steps must be a positive integer, got {num_steps}")
         self.num_steps = int(num_steps)
-        super().__init__(batch_shape=torch.Size(), event_shape=torch.Size(event_shape), validate_args=False)
+        super().__init__(batch_shape=torch.Size(batch_shape), event_shape=torch.Size(event_shape), validate_args=False)
 
     # -- the chain --------------------------------------------------------------------------
     @abc.abstractmethod
@@ -63,6 +63,11 @@ class SequentialProcess(TorchDistribution, abc.ABC):
     ) -> torch.Tensor:
         """Draw x_{k-1} ~ p(· | x_k)."""
 
+    @property
+    def device(self) -> torch.device:
+        """Where the chain's states live: the denoiser's device (its first parameter or buffer), else CPU."""
+        return module_device(getattr(self, "denoiser", None))
+
     def is_deterministic(self, k: int) -> bool:
         """Whether step k (x_k → x_{k-1}) is a deterministic map with no transition density."""
         return False
@@ -75,7 +80,7 @@ class SequentialProcess(TorchDistribution, abc.ABC):
     # -- Pyro distribution -------------------------------------------------------------------
     def sample(self, sample_shape: torch.Size = torch.Size(), generator: Seed = None) -> torch.Tensor:
         """Ancestral sampling of x_0, shape ``sample_shape + batch_shape + event_shape``."""
-        gen = as_generator(generator)
+        gen = as_generator(generator, self.device)
         shape = torch.Size(sample_shape) + self.batch_shape
         with torch.no_grad():
             x = self.draw_initial(shape, gen)
@@ -97,4 +102,15 @@ class SequentialProcess(TorchDistribution, abc.ABC):
 
     def placeholder(self) -> torch.Tensor:
         """A value of the right shape that stands in for the site while a model is read into a plan."""
-        return torch.zeros(self.event_shape)
+        return torch.zeros(self.batch_shape + self.event_shape, device=self.device)
+
+
+def module_device(module) -> torch.device:
+    """The device of a ``torch.nn.Module``'s first parameter or buffer (a ``device`` attribute otherwise), or CPU."""
+    if isinstance(module, torch.nn.Module):
+        for t in module.parameters():
+            return t.device
+        for t in module.buffers():
+            return t.device
+    device = getattr(module, "device", None)
+    return torch.device(device) if isinstance(device, (str, torch.device)) else torch.device("cpu")

@@ -48,16 +48,16 @@ def stratified(log_weights, generator=None):
     """One uniform in each stratum [j/N, (j+1)/N)."""
     w = _weights(log_weights)
     n = w.shape[-1]
-    u = torch.rand(w.shape, dtype=w.dtype, generator=generator)
-    return _inverse_cdf(w, (torch.arange(n, dtype=w.dtype) + u) / n)
+    u = torch.rand(w.shape, dtype=w.dtype, generator=generator, device=w.device)
+    return _inverse_cdf(w, (torch.arange(n, dtype=w.dtype, device=w.device) + u) / n)
 
 
 def systematic(log_weights, generator=None):
     """One uniform shared by all strata: positions (U + j)/N."""
     w = _weights(log_weights)
     n = w.shape[-1]
-    u = torch.rand(w.shape[:-1] + (1,), dtype=w.dtype, generator=generator)
-    return _inverse_cdf(w, (torch.arange(n, dtype=w.dtype) + u) / n)
+    u = torch.rand(w.shape[:-1] + (1,), dtype=w.dtype, generator=generator, device=w.device)
+    return _inverse_cdf(w, (torch.arange(n, dtype=w.dtype, device=w.device) + u) / n)
 
 
 def residual(log_weights, generator=None):
@@ -71,7 +71,7 @@ def residual(log_weights, generator=None):
     flat = rest.reshape(-1, n)
     safe = torch.where(flat.sum(-1, keepdim=True) > 0, flat, torch.ones_like(flat))
     draws = torch.multinomial(safe, n, replacement=True, generator=generator)  # (R', n)
-    keep = torch.arange(n).expand_as(draws) < left.reshape(-1, 1)
+    keep = torch.arange(n, device=draws.device).expand_as(draws) < left.reshape(-1, 1)
     extra = torch.zeros_like(flat).scatter_add_(-1, draws, keep.to(flat.dtype))
     return _from_counts(counts.long() + extra.reshape(w.shape).long())
 
@@ -100,7 +100,7 @@ def ssp(log_weights, generator=None):
         i, j = order[:, 0 : 2 * m : 2], order[:, 1 : 2 * m : 2]
         p, q = frac.gather(-1, i), frac.gather(-1, j)
         active = is_frac.gather(-1, i) & is_frac.gather(-1, j)
-        u = torch.rand(p.shape, dtype=p.dtype, generator=generator)
+        u = torch.rand(p.shape, dtype=p.dtype, generator=generator, device=p.device)
         s = p + q
         low = s < 1
         first_low = u < p / s.clamp_min(tol)

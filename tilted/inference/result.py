@@ -60,7 +60,8 @@ class Result:
     ----------
     particles
         Every site of the model, replayed with the final states: ``(N, *event)``, or
-        ``(R, N, *event)`` with ``num_runs=R``.
+        ``(R, N, *event)`` with ``num_runs=R``. A process with P groups (one chain per prompt) gives
+        ``(R, N, *event)`` with R = M·P, run r = m·P + p holding group p (M = ``num_runs`` or 1).
     log_weights
         Normalised log weights, ``(N,)`` or ``(R, N)``.
     log_evidence
@@ -107,7 +108,7 @@ class Result:
 
         With several runs, draws are taken in each run: ``(R, num_samples, *event)``.
         """
-        gen = as_generator(seed)
+        gen = as_generator(seed, self.log_weights.device)
         w = normalize(self.log_weights.to(torch.float64)).exp()
         idx = torch.multinomial(w.reshape(-1, w.shape[-1]), num_samples, replacement=True, generator=gen)
         return {name: self._take(v, idx) for name, v in self.particles.items()}
@@ -126,18 +127,22 @@ class Result:
     def _take(self, value: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         if not self.batched:
             return value[idx[0]]
-        return value[torch.arange(idx.shape[0])[:, None], idx]
+        return value[torch.arange(idx.shape[0], device=idx.device)[:, None], idx]
 
 
 def collect(plan, x, rewards, log_weights, log_evidence, infos, counts, config, batched: bool) -> Result:
     """Assemble a :class:`Result` from an engine's final particles (R, N, *event) and its step records.
 
     The model is replayed with the final states (and the rewards already computed), so every site has
-    a value; without ``batched`` the run dimension R = 1 is dropped.
+    a value (sites whose values do not carry the particle dimensions are left out); without
+    ``batched`` (and without groups) the run dimension R = 1 is dropped.
     """
     R, N = log_weights.shape
-    values = plan.replay(x.reshape((R * N,) + x.shape[2:]), rewards.reshape(rewards.shape[0], R * N))
-    particles = {name: v.reshape((R, N) + v.shape[1:]) for name, v in values.items()}
+    batched = batched or plan.grouped
+    site = plan.to_site(x, 2)
+    values = plan.replay(site, plan.to_site(rewards, 2, lead=1))
+    lead = site.shape[: 1 + plan.grouped]
+    particles = {name: plan.from_site(v, (R, N)) for name, v in values.items() if v.shape[: len(lead)] == lead}
 
     def out(t):
         return t if batched else t[0]

@@ -159,7 +159,7 @@ class SVDD(CandidateSearch):
     def step(self, plan: Plan, values: Values, walk: Walk, generator=None):
         cands, cand_x0, value, rewards = self.candidates(plan, values, walk, self.num_candidates, generator)
         if value is None:
-            index = torch.zeros(cands.shape[:2], dtype=torch.long)
+            index = torch.zeros(cands.shape[:2], dtype=torch.long, device=cands.device)
         else:
             index = choose(value, self.temperature == 0, generator)
         chosen = Walk(walk.level - 1, take(cands, index, 0), take(cand_x0, index, 0), take(rewards, index, 1))
@@ -198,9 +198,9 @@ class BeamSearch(CandidateSearch):
     def step(self, plan: Plan, values: Values, walk: Walk, generator=None):
         cands, cand_x0, value, rewards = self.candidates(plan, values, walk, self.num_candidates, generator)
         R, N, M = cands.shape[:3]
-        runs = torch.arange(R)[:, None]
+        runs = torch.arange(R, device=cands.device)[:, None]
         if value is None:
-            pick = torch.arange(N).expand(R, N)
+            pick = torch.arange(N, device=cands.device).expand(R, N)
         else:
             pick = top(value.reshape(R, N * M), N)
 
@@ -238,7 +238,7 @@ class BestOfN(CandidateSearch):
     """
 
     def init(self, plan: Plan, values: Values, generator=None):
-        R = self.num_runs or 1
+        R = plan.runs(self.num_runs)
         x = plan.process.draw_initial((R, self.num_particles * self.num_candidates), generator)
         return Walk(plan.process.num_steps, x), self.info(plan, R)
 

@@ -58,7 +58,7 @@ class State:
 
     def gather(self, ancestors: torch.Tensor) -> State:
         """Every per-particle quantity re-indexed by the ancestors (R, N); weights become uniform."""
-        runs = torch.arange(ancestors.shape[0])[:, None]
+        runs = torch.arange(ancestors.shape[0], device=ancestors.device)[:, None]
         out = {}
         for name in ("x", "x0", "psi"):
             v = getattr(self, name)
@@ -168,6 +168,7 @@ class SMC:
                 f"{type(self).__name__} runs Gaussian and masked diffusion processes, got {type(process).__name__}"
             )
         K = process.num_steps
+        self._device = device = process.device
         inner = [k for k in process.levels if k > 1 and process.is_deterministic(k)]
         if inner and self.proposal == "gradient":
             raise NoDensityError(
@@ -185,9 +186,10 @@ class SMC:
         table = [
             torch.zeros(K + 1, dtype=torch.float64) if s.adaptive else s.lambdas(K).to(torch.float64) for s in schedules
         ]
-        self._lambda_table = torch.stack(table) if table else torch.zeros(0, K + 1, dtype=torch.float64)
-        self._is_adaptive = torch.tensor([s.adaptive for s in schedules], dtype=torch.bool)
-        self._alpha = plan.temperatures
+        table = torch.stack(table) if table else torch.zeros(0, K + 1, dtype=torch.float64)
+        self._lambda_table = table.to(device)
+        self._is_adaptive = torch.tensor([s.adaptive for s in schedules], dtype=torch.bool, device=device)
+        self._alpha = plan.temperatures.to(device)
         self._gradient = self.proposal == "gradient"
         self.counts = Counts()
 
@@ -204,10 +206,8 @@ class SMC:
                 plan, x, k, with_rewards, with_grads, generator, self.counts, self.batch_size
             )
         process, shape, F = plan.process, x.shape, len(plan.factors)
-        flat = x.reshape((-1,) + process.event_shape)
-        size = self.batch_size or flat.shape[0]
         x0s, rs, gs = [], [], []
-        for chunk in flat.split(size):
+        for chunk in plan.chunks(x, 2, self.batch_size):  # site layout (b, [P], *E)
             with torch.set_grad_enabled(with_grads):
                 xc = chunk.detach().requires_grad_(with_grads)
                 x0 = process.predict(xc, k)
@@ -223,20 +223,20 @@ class SMC:
                     )
             x0s.append(x0.detach())
             rs.append(None if r is None else r.detach())
-        n = flat.shape[0]
+        n = shape[0] * shape[1]
         self.counts.denoiser_calls += n
-        x0 = torch.cat(x0s).reshape(shape)
-        rewards = torch.cat(rs, -1).reshape((F,) + shape[:2]) if with_rewards else None
+        x0 = plan.from_site(torch.cat(x0s), shape[:2])
+        rewards = plan.from_site(torch.cat(rs, 1), shape[:2], lead=1) if with_rewards else None
         if with_rewards:
             self.counts.reward_calls += F * n
         grads = None
         if with_grads:
-            grads = torch.cat(gs, 1).reshape((F,) + shape) if F else x.new_zeros((0,) + shape)
+            grads = plan.from_site(torch.cat(gs, 1), shape[:2], lead=1) if F else x.new_zeros((0,) + shape)
             self.counts.gradient_evaluations += F * n
         return x0, rewards, grads
 
     def _final_rewards(self, plan: Plan, x: torch.Tensor) -> torch.Tensor:
-        r = plan.rewards(x)
+        r = plan.rewards_at(x, 2, self.batch_size)
         self.counts.reward_calls += len(plan.factors) * x.shape[0] * x.shape[1]
         return r
 
@@ -261,7 +261,7 @@ class SMC:
     def _phi(self, plan: Plan, rewards: torch.Tensor | None, lambdas: torch.Tensor, ref: torch.Tensor):
         """φ = Σ_j λ_j r_j / α_j per particle (R, N), float64."""
         if rewards is None or not len(plan.factors):
-            return torch.zeros(ref.shape[:2], dtype=torch.float64)
+            return torch.zeros(ref.shape[:2], dtype=torch.float64, device=ref.device)
         if self._discrete is not None:
             return fill_potential(rewards, lambdas, self._alpha)
         alpha = self._alpha[:, None, None]
@@ -272,23 +272,24 @@ class SMC:
         """Draw x_K, weight it by G_K and (maybe) resample: the state at level K."""
         self._setup(plan)
         process, K = plan.process, plan.process.num_steps
-        R, N = self.num_runs or 1, self.num_particles
-        lam = self._lambdas_at(0, torch.zeros(R, dtype=torch.float64))
+        R, N, P, device = plan.runs(self.num_runs), self.num_particles, plan.groups, self._device
+        lam = self._lambdas_at(0, torch.zeros(R, dtype=torch.float64, device=device))
         needs = self.potential.uses_rewards
         drift = None
         if self._gradient and self._discrete is None and (not needs or bool((lam != 0).any())):
-            origin = torch.zeros((1, 1) + process.event_shape)
+            origin = torch.zeros((P, 1) + process.event_shape, device=device)  # one probe per group
             probe = State(
-                K, origin, None, None, None, origin.new_zeros(1, 1, dtype=torch.float64), None, None, lam[:, :1]
+                K, origin, None, None, None, origin.new_zeros(P, 1, dtype=torch.float64), None, None, lam[:, :P]
             )
             if needs:
                 _, _, grads = self._evaluate(plan, origin, K, True, True)
                 probe = replace(probe, grads=grads)
-            drift = self._drift(plan, probe, K + 1, lam[:, :1])
+            drift = self._drift(plan, probe, K + 1, lam[:, :P])
+            drift = None if drift is None else drift.repeat((R // P,) + (1,) * (drift.ndim - 1))
         if self._discrete is not None:  # x_K is all masks, a point mass: q = p
             x, log_ratio = process.draw_initial((R, N)), torch.zeros((R, N), dtype=torch.float64)
         else:
-            mean = torch.zeros((R, N) + process.event_shape)
+            mean = torch.zeros((R, N) + process.event_shape, device=device)
             x, log_ratio = gaussian_move(mean, 1.0, drift, len(process.event_shape), generator)
         x0, rewards, grads = self._evaluate(plan, x, K, needs, self._gradient and needs, generator)
         psi = self.potential.start(self._phi(plan, rewards, lam, x), x, K)
@@ -299,8 +300,8 @@ class SMC:
             rewards,
             grads,
             psi,
-            torch.full((R, N), -math.log(N), dtype=torch.float64),
-            torch.zeros(R, dtype=torch.float64),
+            torch.full((R, N), -math.log(N), dtype=torch.float64, device=device),
+            torch.zeros(R, dtype=torch.float64, device=device),
             lam,
         )
         return self._reweight(state, log_ratio + psi, 0, generator, last=False)
@@ -316,7 +317,7 @@ class SMC:
             x_new, log_ratio = self._discrete.move(state, k, lam_guide / self._alpha[:, None], generator)
         elif process.is_deterministic(k):
             x_new = process.transition_moments(state.x, k, state.x0)[0]
-            log_ratio = torch.zeros(state.psi.shape, dtype=torch.float64)
+            log_ratio = torch.zeros_like(state.psi)
         else:
             mean, sigma = process.transition_moments(state.x, k, state.x0)
             x_new, log_ratio = gaussian_move(mean, sigma, self._drift(plan, state, k, lam_guide), event_dim, generator)
@@ -353,15 +354,16 @@ class SMC:
         state = replace(state, log_weights=log_weights, log_evidence=state.log_evidence + dlogz)
         cur_ess = ess(log_weights)
         R, N = log_weights.shape
+        device = log_weights.device
         if last:
-            do = torch.zeros(R, dtype=torch.bool)
+            do = torch.zeros(R, dtype=torch.bool, device=device)
         elif self.resample_every is not None:
             lo, hi = self.resample_window or (1, 10**9)
             due = lo <= s <= hi and (s - lo) % self.resample_every == 0
-            do = torch.full((R,), due, dtype=torch.bool)
+            do = torch.full((R,), due, dtype=torch.bool, device=device)
         else:
             do = cur_ess < self.ess_threshold * N
-        ancestors = torch.arange(N).expand(R, N).clone()
+        ancestors = torch.arange(N, device=device).expand(R, N).clone()
         if bool(do.any()):
             drawn = self.resampler(log_weights, generator)
             ancestors = torch.where(do[:, None], drawn, ancestors)
@@ -375,7 +377,7 @@ class SMC:
     def run(self, *args, seed: Seed = None, **kwargs) -> Result:
         """Run on ``model(*args, **kwargs)`` with an explicit seed or generator; return a :class:`Result`."""
         plan = read_plan(self.model, *args, **kwargs)
-        generator = as_generator(seed)
+        generator = as_generator(seed, plan.process.device)
         state, info = self.init(plan, generator)
         infos = [info]
         bar = tqdm(plan.process.levels, desc=type(self).__name__, disable=_disable(self.progress), leave=False)
@@ -389,7 +391,7 @@ class SMC:
         return result
 
     def _result(self, plan: Plan, state: State, infos: list[StepInfo]) -> Result:
-        rewards = state.rewards if state.rewards is not None else plan.rewards(state.x)
+        rewards = state.rewards if state.rewards is not None else plan.rewards_at(state.x, 2, self.batch_size)
         return collect(
             plan,
             state.x,

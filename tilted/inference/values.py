@@ -84,9 +84,13 @@ class Values:
         return len(self.plan.factors)
 
     def _chunks(self, x: torch.Tensor):
-        event = self.plan.process.event_shape
-        flat = x.reshape((-1,) + event)
-        return flat, flat.split(self.batch_size or max(flat.shape[0], 1))
+        """(number of particles, site-layout micro-batches of x) for states x of shape (R, ..., *event)."""
+        batch_ndim = x.ndim - self.plan.event_dim
+        return x.shape[:batch_ndim].numel(), self.plan.chunks(x, batch_ndim, self.batch_size)
+
+    def _join(self, parts, x: torch.Tensor, lead: int = 0) -> torch.Tensor:
+        """Micro-batch outputs (site layout) back in the engine layout of states x."""
+        return self.plan.from_site(torch.cat(parts, lead), x.shape[: x.ndim - self.plan.event_dim], lead)
 
     def _masked(self, x: torch.Tensor, k: int, with_rewards: bool, with_grads: bool):
         """MaskedKernel.evaluate on x (R, ..., L) seen as (R, n, L): x̂_0, fill rewards, relaxed gradients."""
@@ -103,20 +107,18 @@ class Values:
             return x
         if self.kernel is not None:
             return self._masked(x, k, False, False)[0]
-        flat, chunks = self._chunks(x)
+        n, chunks = self._chunks(x)
         with torch.no_grad():
-            out = torch.cat([self.plan.process.predict(c, k) for c in chunks])
-        self.counts.denoiser_calls += flat.shape[0]
-        return out.reshape(x.shape)
+            out = self._join([self.plan.process.predict(c, k) for c in chunks], x)
+        self.counts.denoiser_calls += n
+        return out
 
     def rewards(self, x: torch.Tensor) -> torch.Tensor:
         """Exact r_j(x) of clean states for every factor: (F, *batch), validated finite."""
-        batch = x.shape[: x.ndim - self.plan.event_dim]
-        flat, chunks = self._chunks(x)
-        with torch.no_grad():
-            out = torch.cat([self.plan.rewards(c) for c in chunks], -1)
-        self.counts.reward_calls += self.num_factors * flat.shape[0]
-        return out.reshape((self.num_factors,) + batch)
+        batch_ndim = x.ndim - self.plan.event_dim
+        out = self.plan.rewards_at(x, batch_ndim, self.batch_size)
+        self.counts.reward_calls += self.num_factors * x.shape[:batch_ndim].numel()
+        return out
 
     def score(self, rewards: torch.Tensor) -> torch.Tensor:
         """Σ_j r_j/α_j over the factor dimension of rewards (F, ...), float64 (greedy: Σ_j r_j)."""
@@ -151,10 +153,10 @@ class Values:
         if not self.num_factors:
             x0 = self.predict(x, k)
             return x0, torch.zeros_like(x)
-        flat, chunks = self._chunks(x)
+        n, chunks = self._chunks(x)
         if not through_denoiser:
             x0 = self.predict(x, k)
-            flat, chunks = self._chunks(x0)
+            n, chunks = self._chunks(x0)
         x0s, grads = [], []
         for chunk in chunks:
             with torch.enable_grad():
@@ -170,13 +172,12 @@ class Values:
                 (g,) = torch.autograd.grad(psi.sum(), leaf)
             x0s.append(pred.detach())
             grads.append(g.to(x.dtype))
-        n = flat.shape[0]
         if through_denoiser and k > 0:
             self.counts.denoiser_calls += n
         self.counts.reward_calls += self.num_factors * n
         self.counts.gradient_evaluations += n
-        x0 = x0 if not through_denoiser else torch.cat(x0s).reshape(x.shape)
-        return x0, torch.cat(grads).reshape(x.shape)
+        x0 = x0 if not through_denoiser else self._join(x0s, x)
+        return x0, self._join(grads, x)
 
     def relaxed_gradient(self, x: torch.Tensor, k: int):
         """Masked models: (x̂_0(x_k), g) with g = Σ_j ∇_P r_j(P)/α_j at P = x̂_0(x_k), (..., L, V) float64."""

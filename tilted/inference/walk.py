@@ -108,7 +108,7 @@ class ChainEngine:
 
     def init(self, plan: Plan, values: Values, generator=None) -> tuple[Walk, StepInfo]:
         """x_K ~ N(0, I) for every particle of every run (drawn as the pretrained sampler draws it)."""
-        R = self.num_runs or 1
+        R = plan.runs(self.num_runs)
         x = plan.process.draw_initial((R, self.num_particles), generator)
         return Walk(plan.process.num_steps, x), self.info(plan, R)
 
@@ -118,16 +118,16 @@ class ChainEngine:
 
     def info(self, plan: Plan, runs: int, ancestors: torch.Tensor | None = None) -> StepInfo:
         """A trace row for unweighted particles; ``ancestors`` (R, N) when particles were selected across."""
-        N = self.num_particles
-        identity = torch.arange(N).expand(runs, N)
-        moved = torch.zeros(runs, dtype=torch.bool)
+        N, device = self.num_particles, plan.process.device
+        identity = torch.arange(N, device=device).expand(runs, N)
+        moved = torch.zeros(runs, dtype=torch.bool, device=device)
         if ancestors is not None:
             moved = (ancestors != identity).any(-1)
         return StepInfo(
-            ess=torch.full((runs,), float(N), dtype=torch.float64),
+            ess=torch.full((runs,), float(N), dtype=torch.float64, device=device),
             resampled=moved,
-            lambdas=torch.zeros(len(plan.factors), runs, dtype=torch.float64),
-            log_evidence_increment=torch.full((runs,), math.nan, dtype=torch.float64),
+            lambdas=torch.zeros(len(plan.factors), runs, dtype=torch.float64, device=device),
+            log_evidence_increment=torch.full((runs,), math.nan, dtype=torch.float64, device=device),
             ancestors=identity.clone() if ancestors is None else ancestors,
         )
 
@@ -136,7 +136,7 @@ class ChainEngine:
         """Run on ``model(*args, **kwargs)`` with an explicit seed or generator; return a :class:`Result`."""
         plan = read_plan(self.model, *args, **kwargs)
         self.check(plan)
-        generator = as_generator(seed)
+        generator = as_generator(seed, plan.process.device)
         self.counts = Counts()
         values = Values(plan, self.counts, self.batch_size, self.temperature, generator, self.fill, self.num_fills)
         walk, info = self.init(plan, values, generator)
@@ -151,8 +151,8 @@ class ChainEngine:
             plan,
             walk.x,
             rewards,
-            torch.full((R, N), -math.log(N), dtype=torch.float64),
-            torch.full((R,), math.nan, dtype=torch.float64),
+            torch.full((R, N), -math.log(N), dtype=torch.float64, device=walk.x.device),
+            torch.full((R,), math.nan, dtype=torch.float64, device=walk.x.device),
             infos,
             self.counts,
             self.config(),

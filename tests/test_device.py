@@ -1,0 +1,69 @@
+"""Device placement: engines create every tensor on the process's device (checked without a GPU).
+
+A CUDA run cannot be made here, so the check is structural: while an engine runs, a torch function
+mode records every call of a tensor factory (``torch.zeros``, ``randn``, ``arange``, …) made from the
+library's engine and process code without a ``device`` argument. Such a call makes a CPU tensor,
+which on a GPU run either fails (a device mismatch) or copies between devices at every step.
+"""
+
+from pathlib import Path
+
+import pytest
+import torch
+from test_groups import grouped_process
+from test_smc import make_model
+from torch.overrides import TorchFunctionMode
+
+from tilted.distributions.process import module_device
+from tilted.inference import DPS, SMC, SVDD, BestOfN, Importance, NestedIS
+from tilted.rewards import Quadratic
+
+FACTORIES = {torch.zeros, torch.ones, torch.full, torch.empty, torch.arange, torch.rand, torch.randn, torch.randint}
+ROOT = Path(__import__("tilted").__file__).parent
+#: code that runs once per run on CPU by design (schedules, temperatures: moved to the device once in _setup)
+EXEMPT = {ROOT / "tempering.py", ROOT / "plan.py", ROOT / "inference" / "result.py"}
+
+
+class DeviceLessFactories(TorchFunctionMode):
+    def __init__(self):
+        super().__init__()
+        self.calls: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in FACTORIES and "device" not in kwargs:
+            import inspect
+
+            caller = inspect.currentframe().f_back
+            path = Path(caller.f_code.co_filename)
+            if ROOT in path.parents and path not in EXEMPT:
+                self.calls.append(f"{path.relative_to(ROOT)}:{caller.f_lineno} {func.__name__}")
+        return func(*args, **kwargs)
+
+
+ENGINES = {
+    "smc-gradient": lambda m: SMC(m, 4, proposal="gradient", num_runs=2),
+    "smc-ssp": lambda m: SMC(m, 4, resampler="ssp", ess_threshold=1.0),
+    "smc-stratified": lambda m: SMC(m, 4, resampler="stratified", ess_threshold=1.0),
+    "importance": lambda m: Importance(m, 4),
+    "nested": lambda m: NestedIS(m, 4, num_candidates=2),
+    "svdd": lambda m: SVDD(m, 4, num_candidates=2),
+    "best-of-n": lambda m: BestOfN(m, 2, num_candidates=2),
+    "dps": lambda m: DPS(m, 4),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ENGINES))
+def test_engines_create_no_device_less_tensors(name):
+    process = grouped_process(num_steps=4)
+    model = make_model(process, Quadratic(A=-0.3 * torch.eye(2), b=[0.5, 1.0]), 0.5)
+    with DeviceLessFactories() as mode:
+        ENGINES[name](model).run(seed=0)
+    assert not mode.calls, f"tensor factories without device=: {sorted(set(mode.calls))}"
+
+
+def test_process_device_follows_the_denoiser():
+    process = grouped_process()
+    assert process.device == torch.device("cpu") == module_device(process.denoiser)
+    assert module_device(torch.nn.Identity()) == torch.device("cpu")
+    assert process.draw_initial((2,)).device == process.device
