@@ -3,7 +3,7 @@
 from tilted.inference.guidance import DPS, MPGD, FreeDoM, TaylorGuidance
 from tilted.inference.importance import Importance
 from tilted.inference.nested import NestedIS
-from tilted.inference.potentials import Max, Potential, Sum, Terminal, Tweedie, Twist
+from tilted.inference.potentials import GaussianSoftValue, Max, Potential, Sum, Terminal, Tweedie, Twist
 from tilted.inference.presets import das, fk_steering
 from tilted.inference.result import Counts, Result, StepTrace
 from tilted.inference.search import SVDD, BeamSearch, BestOfN
@@ -18,6 +18,7 @@ __all__ = [
     "BestOfN",
     "Counts",
     "FreeDoM",
+    "GaussianSoftValue",
     "Importance",
     "Max",
     "NestedIS",
