@@ -28,3 +28,7 @@ class NonFiniteError(TiltedError, FloatingPointError):
 
 class DegenerateWeightsError(TiltedError, FloatingPointError):
     """All importance weights are zero (log weight −∞): nothing can be resampled."""
+
+
+class MissingWeightsError(ModelError, FileNotFoundError):
+    """Pretrained weights (a model folder, a hub id, a weights file) are not available offline."""

@@ -1,13 +1,14 @@
-"""Analytic rewards whose tilts of Gaussian laws are known in closed form."""
+"""Analytic rewards: quadratics (whose tilts of Gaussian laws are known in closed form) and log-densities."""
 
 from __future__ import annotations
 
 import torch
 
-from tilted.errors import ShapeError
+from tilted.errors import ModelError, ShapeError
+from tilted.rewards.base import Reward
 
 
-class Quadratic:
+class Quadratic(Reward):
     """r(x) = xᵀ A x + bᵀ x + c over the last dimension of x (A symmetric).
 
     A Gaussian N(m, S) tilted by exp(r/α) is Gaussian again when S⁻¹ − 2A/α ≻ 0 (see
@@ -48,3 +49,28 @@ class Quadratic:
 
     def __repr__(self) -> str:
         return f"Quadratic(A={self.A.tolist()}, b={self.b.tolist()}, c={self.c})"
+
+
+class LogDensity(Reward):
+    """r(x) = log q(x) for a torch distribution q (``q.log_prob(x)``).
+
+    Tilting p_θ by exp(log q / α) targets p_θ · q^{1/α}: at α = 1 the product of the pretrained law with
+    q (for example a Gaussian likelihood of observations). Input: values of q's event shape with any
+    batch shape broadcasting against q's; output: ``q.log_prob(x)``. Differentiable in x when q is
+    continuous (its support is not discrete).
+    """
+
+    def __init__(self, dist: torch.distributions.Distribution):
+        if not isinstance(dist, torch.distributions.Distribution):
+            raise ModelError(f"LogDensity takes a torch.distributions.Distribution, got {type(dist).__name__}")
+        self.dist = dist
+        self.differentiable = not getattr(dist.support, "is_discrete", False)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        event = self.dist.event_shape
+        if x.shape[x.ndim - len(event) :] != event:
+            raise ShapeError(f"LogDensity of event shape {tuple(event)} got x of shape {tuple(x.shape)}")
+        return self.dist.log_prob(x)
+
+    def __repr__(self) -> str:
+        return f"LogDensity({self.dist!r})"
