@@ -2,22 +2,30 @@
 
 :class:`Reward` is the protocol (``differentiable``, ``input``, composition by ``+``, ``*``, ``-`` and
 ``after``); plain callables remain accepted everywhere. Built-ins: analytic (:class:`Quadratic`,
-:class:`LogDensity`), :class:`ClassifierLogProb`, and image rewards (:class:`JPEGCompressibility`).
+:class:`LogDensity`), :class:`ClassifierLogProb`, and image rewards (:class:`CLIPScore`,
+:class:`PickScore`, :class:`LAIONAesthetic`, :class:`JPEGCompressibility`). See docs/rewards.md.
 """
 
+from tilted.rewards.aesthetic import AestheticHead, LAIONAesthetic
 from tilted.rewards.analytic import LogDensity, Quadratic
 from tilted.rewards.base import After, Function, Reward, WeightedSum, as_reward
 from tilted.rewards.classifier import ClassifierLogProb
+from tilted.rewards.clip import CLIPImageEncoder, CLIPScore, PickScore
 from tilted.rewards.images import ImageReward
 from tilted.rewards.jpeg import JPEGCompressibility
 
 __all__ = [
+    "AestheticHead",
     "After",
+    "CLIPImageEncoder",
+    "CLIPScore",
     "ClassifierLogProb",
     "Function",
     "ImageReward",
     "JPEGCompressibility",
+    "LAIONAesthetic",
     "LogDensity",
+    "PickScore",
     "Quadratic",
     "Reward",
     "WeightedSum",
