@@ -4,16 +4,21 @@ from tilted.distributions.adapters import from_diffusers
 from tilted.distributions.gaussian import GaussianDiffusion, PointMass
 from tilted.distributions.masked import MaskedDiffusion
 from tilted.distributions.mixture import GaussianMixture
+from tilted.distributions.pipelines import GuidedUNet, LatentDiffusion, VAEDecoder, from_pipeline
 from tilted.distributions.process import SequentialProcess
 from tilted.distributions.tabular import TableReward, TabularSequences
 
 __all__ = [
     "GaussianDiffusion",
     "GaussianMixture",
+    "GuidedUNet",
+    "LatentDiffusion",
     "MaskedDiffusion",
     "PointMass",
     "SequentialProcess",
     "TableReward",
     "TabularSequences",
+    "VAEDecoder",
     "from_diffusers",
+    "from_pipeline",
 ]

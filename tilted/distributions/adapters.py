@@ -133,6 +133,13 @@ def from_diffusers(
     - DDPM's last step to ᾱ = 1 has variance 0, which diffusers clamps to 1e-20; the process uses σ = 0
       (a deterministic step, see :class:`~tilted.distributions.PointMass`).
     """
+    return GaussianDiffusion(
+        denoiser, context=context, **chain_settings(denoiser, scheduler, num_steps, eta, event_shape)
+    )
+
+
+def chain_settings(denoiser, scheduler, num_steps: int, eta: float | None, event_shape) -> dict[str, Any]:
+    """The :class:`GaussianDiffusion` keyword arguments that :func:`from_diffusers` reads and checks."""
     try:
         from diffusers import DDIMScheduler, DDPMScheduler
     except ImportError as err:  # pragma: no cover - diffusers is a dependency
@@ -190,13 +197,11 @@ def from_diffusers(
             "does) or set_alpha_to_one=True"
         )
 
-    return GaussianDiffusion(
-        denoiser,
-        event_shape=event_shape,
-        num_steps=int(num_steps),
-        eta=eta,
-        schedule=scheduler,
-        prediction_type=config.prediction_type,
-        clip_sample=clip,
-        context=context,
-    )
+    return {
+        "event_shape": event_shape,
+        "num_steps": int(num_steps),
+        "eta": eta,
+        "schedule": scheduler,
+        "prediction_type": config.prediction_type,
+        "clip_sample": clip,
+    }
