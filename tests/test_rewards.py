@@ -409,7 +409,7 @@ def test_hub_ids_offline_name_what_to_download(load, names, tmp_path):
     with pytest.raises(MissingWeightsError) as info:
         load({"cache_dir": tmp_path})
     message = str(info.value)
-    assert "neither in the local Hugging Face cache nor reachable" in message
+    assert "is not a local folder, and as a hub id it is neither in the local Hugging Face cache" in message
     for name in names:
         assert name in message
 

@@ -71,7 +71,8 @@ def from_pretrained(
             reason = f"the folder {text!r} lacks files that {loader.__name__} needs ({first_line(error)})"
         else:
             reason = (
-                f"the hub id {text!r} is neither in the local Hugging Face cache nor reachable ({first_line(error)})"
+                f"{text!r} is not a local folder, and as a hub id it is neither in the local Hugging Face cache "
+                f"nor reachable ({first_line(error)})"
             )
         hint = download_hint(hub_id, usage, files=files)
         raise MissingWeightsError(f"{what}: {reason}. To use it offline, {hint}") from error
