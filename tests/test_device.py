@@ -8,14 +8,17 @@ which on a GPU run either fails (a device mismatch) or copies between devices at
 
 from pathlib import Path
 
+import pyro
 import pytest
 import torch
 from test_groups import grouped_process
 from test_smc import make_model
 from torch.overrides import TorchFunctionMode
 
+import tilted
+from tilted.distributions import MaskedDiffusion, TableReward, TabularSequences
 from tilted.distributions.process import module_device
-from tilted.inference import DPS, SMC, SVDD, BestOfN, Importance, NestedIS
+from tilted.inference import DPS, SMC, SVDD, BeamSearch, BestOfN, Importance, NestedIS, TaylorGuidance
 from tilted.rewards import Quadratic
 
 FACTORIES = {torch.zeros, torch.ones, torch.full, torch.empty, torch.arange, torch.rand, torch.randn, torch.randint}
@@ -59,6 +62,31 @@ def test_engines_create_no_device_less_tensors(name):
     model = make_model(process, Quadratic(A=-0.3 * torch.eye(2), b=[0.5, 1.0]), 0.5)
     with DeviceLessFactories() as mode:
         ENGINES[name](model).run(seed=0)
+    assert not mode.calls, f"tensor factories without device=: {sorted(set(mode.calls))}"
+
+
+MASKED = {
+    "smc-taylor": lambda m: SMC(m, 4, proposal="gradient", ess_threshold=1.0),
+    "nested": lambda m: NestedIS(m, 4, num_candidates=2),
+    "svdd": lambda m: SVDD(m, 4, num_candidates=2),
+    "beam": lambda m: BeamSearch(m, 2, num_candidates=2),
+    "taylor-guidance": lambda m: TaylorGuidance(m, 4),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MASKED))
+def test_masked_engines_create_no_device_less_tensors(name):
+    g = torch.Generator().manual_seed(0)
+    probs = torch.rand(27, generator=g, dtype=torch.float64)
+    process = MaskedDiffusion(data=TabularSequences((probs / probs.sum()).reshape(3, 3, 3)), num_steps=3)
+    table = TableReward(torch.randn(3, 3, 3, generator=g, dtype=torch.float64))
+
+    def model():
+        x = pyro.sample("x", process)
+        tilted.factor("r", table, x, temperature=0.5)
+
+    with DeviceLessFactories() as mode:
+        MASKED[name](model).run(seed=0)
     assert not mode.calls, f"tensor factories without device=: {sorted(set(mode.calls))}"
 
 

@@ -179,7 +179,9 @@ class Plan:
 
     def log_factor(self, rewards: torch.Tensor) -> torch.Tensor:
         """Σ_j r_j / α_j from :meth:`rewards` output: the exact terminal log-potential."""
-        alpha = self.temperatures.to(rewards.dtype).reshape((-1,) + (1,) * (rewards.ndim - 1))
+        alpha = self.temperatures.to(device=rewards.device, dtype=rewards.dtype).reshape(
+            (-1,) + (1,) * (rewards.ndim - 1)
+        )
         return (rewards / alpha).sum(0)
 
     def replay(self, value: torch.Tensor, rewards: torch.Tensor | None = None) -> dict[str, torch.Tensor]:

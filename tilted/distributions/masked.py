@@ -176,7 +176,7 @@ class MaskedDiffusion(SequentialProcess):
         return torch.full(torch.Size(shape) + self.event_shape, self.mask_id, dtype=torch.long, device=self.device)
 
     def placeholder(self) -> torch.Tensor:
-        return torch.zeros(self.event_shape, dtype=torch.long)
+        return torch.zeros(self.event_shape, dtype=torch.long, device=self.device)
 
     def predict(self, x: torch.Tensor, k: int) -> torch.Tensor:
         """x̂_0(x_k): per-position probabilities over the V clean tokens, (..., L, V), float64.

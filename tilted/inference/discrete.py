@@ -199,7 +199,7 @@ class MaskedKernel:
         rewards = grads = None
         if with_rewards:
             if self.fill == "soft" and (self.uniforms is None or self.uniforms.shape[0] != R):
-                self.uniforms = torch.rand((R, self.num_fills, L), generator=generator, dtype=F64)
+                self.uniforms = torch.rand((R, self.num_fills, L), generator=generator, dtype=F64, device=x0.device)
             fills = draw_fills(x0.reshape(R, N, L, -1), self.fill, self.uniforms).reshape(n, -1, L)
             parts = [plan.rewards(c) for c in fills.split(size)]
             rewards = torch.cat(parts, 1).detach().reshape(F, R, N, fills.shape[1])

@@ -287,7 +287,7 @@ class SMC:
             drift = self._drift(plan, probe, K + 1, lam[:, :P])
             drift = None if drift is None else drift.repeat((R // P,) + (1,) * (drift.ndim - 1))
         if self._discrete is not None:  # x_K is all masks, a point mass: q = p
-            x, log_ratio = process.draw_initial((R, N)), torch.zeros((R, N), dtype=torch.float64)
+            x, log_ratio = process.draw_initial((R, N)), torch.zeros((R, N), dtype=torch.float64, device=device)
         else:
             mean = torch.zeros((R, N) + process.event_shape, device=device)
             x, log_ratio = gaussian_move(mean, 1.0, drift, len(process.event_shape), generator)

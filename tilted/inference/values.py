@@ -74,7 +74,7 @@ class Values:
         self.batch_size = batch_size
         self.generator = generator
         alpha = plan.temperatures if temperatures is None else torch.full((len(plan.factors),), float(temperatures))
-        self.alpha = alpha.to(F64)
+        self.alpha = alpha.to(dtype=F64, device=plan.process.device)
         self.greedy = temperatures == 0
         masked = isinstance(plan.process, MaskedDiffusion)
         self.kernel = MaskedKernel(plan.process, fill, num_fills) if masked else None
@@ -141,7 +141,7 @@ class Values:
         if self.greedy:
             value = self.score(fills).amax(-1)
         else:
-            value = fill_potential(fills, torch.ones(fills.shape[:2], dtype=F64), self.alpha)
+            value = fill_potential(fills, torch.ones(fills.shape[:2], dtype=F64, device=fills.device), self.alpha)
         return x0, value.reshape(x.shape[:-1]), None
 
     # -- gradients ----------------------------------------------------------------------------
