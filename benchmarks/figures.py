@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.tasks import build, tweedie_value  # noqa: E402
+from tilted.inference import GaussianSoftValue  # noqa: E402
 
 F64 = torch.float64
 
@@ -23,16 +24,35 @@ def _save(fig, path: Path) -> str:
     return path.name
 
 
+#: engines shown in the scatter figure (the tables have all of them)
+SCATTER = (
+    "pretrained",
+    "importance",
+    "smc-bootstrap",
+    "smc-gradient",
+    "smc-gauss",
+    "das",
+    "oracle-twist",
+    "nested-is",
+    "svdd",
+    "beam",
+    "best-of-N",
+    "dps",
+)
+
+
 def scatter(results: dict, folder: Path) -> str | None:
-    """One row per 2-D task: the exact target, then every engine's output points."""
+    """One row per 2-D task: the exact target, then the output points of the engines in :data:`SCATTER`."""
     toys = [t for t, r in results.items() if r["task"]["plot2d"] and r["reference"]["points"] is not None]
     if not toys:
         return None
-    cols = 1 + max(len(results[t]["outputs"]) for t in toys)
+    shown = {t: [o for o in results[t]["outputs"] if o in SCATTER] for t in toys}
+    cols = 1 + max(len(v) for v in shown.values())
     fig, axes = plt.subplots(len(toys), cols, figsize=(1.7 * cols, 1.9 * len(toys)), squeeze=False)
     for row, name in zip(axes, toys, strict=True):
+        outs = results[name]["outputs"]
         panels = [("exact target", results[name]["reference"]["points"], None)]
-        panels += [(o, m["points"], m["emd"][0]) for o, m in results[name]["outputs"].items()]
+        panels += [(o, outs[o]["points"], outs[o]["emd"][0]) for o in shown[name]]
         for ax, (label, pts, emd) in zip(row, panels, strict=False):
             ax.scatter(pts[:, 0], pts[:, 1], s=1, alpha=0.35, color="C3" if emd is None else "C0", rasterized=True)
             ax.set_xlim(-6.5, 6.5)
@@ -83,22 +103,31 @@ def emd_bars(results: dict, folder: Path, margin: float) -> str | None:
 
 
 def ring_values(folder: Path, num_steps: int, levels=(0.05, 0.3)) -> tuple[str, list[dict]]:
-    """Tweedie value r(x̂₀(x_k))/α against the exact soft value ψ_k on the ring, at two noise levels."""
+    """Tweedie value r(x̂₀(x_k))/α and the Gaussian-posterior value against the exact soft value ψ_k (ring)."""
     task = build("ring", num_steps)
     data = task.process.data
     tweedie = tweedie_value(data, task.process, task.reward, task.temperature)
+
+    def gaussian(x: torch.Tensor, k: int, draws: int) -> torch.Tensor:
+        value = GaussianSoftValue(task.model, num_draws=draws, seed=0, batch_size=4096)
+        return value.value(x.reshape(1, -1, 2).float(), k).reshape(x.shape[:-1])
+
     ac = task.process.alphas_cumprod
     ks = [int((ac - a).abs()[1:].argmin()) + 1 for a in levels]
     grid = torch.linspace(-5, 5, 161, dtype=F64)
     xx, yy = torch.meshgrid(grid, grid, indexing="xy")
     pts = torch.stack([xx, yy], -1)
-    fig, axes = plt.subplots(len(ks), 2, figsize=(7.6, 3.7 * len(ks)), squeeze=False)
+    fig, axes = plt.subplots(len(ks), 3, figsize=(11.4, 3.7 * len(ks)), squeeze=False)
     probes = []
     for row, k in zip(axes, ks, strict=True):
         a = float(ac[k])
         scale = math.sqrt(a)  # x_k lives around √ᾱ x_0: show x_k / √ᾱ in data units
         x = pts * scale
-        values = {"Tweedie r(x̂₀(x_k))/α": tweedie(x, k), "exact soft value ψ_k": task.twist(x, k)}
+        values = {
+            "Tweedie r(x̂₀(x_k))/α": tweedie(x, k),
+            "GaussianSoftValue (M = 256)": gaussian(x, k, 256).to(F64),
+            "exact soft value ψ_k": task.twist(x, k),
+        }
         for ax, (label, v) in zip(row, values.items(), strict=True):
             vmax = float(v.max())
             im = ax.imshow(
@@ -121,11 +150,12 @@ def ring_values(folder: Path, num_steps: int, levels=(0.05, 0.3)) -> tuple[str, 
                     "alpha_bar": a,
                     "where": where,
                     "tweedie": float(tweedie(xp, k)[0]),
+                    "gaussian": float(gaussian(xp, k, 4000)[0]),
                     "exact": float(task.twist(xp, k)[0]),
                 }
             )
     fig.suptitle(
-        "Ring toy: the engines' cheap value against the exact soft value (each panel: 6 nats below its max)", fontsize=9
+        "Ring toy: the cheap values against the exact soft value (each panel: 6 nats below its max)", fontsize=9
     )
     fig.tight_layout()
     return _save(fig, folder / "bench_ring_value.png"), probes

@@ -7,6 +7,8 @@
 - MMD²: the unbiased U-statistic with the Gaussian kernel k(x, y) = exp(−‖x − y‖²/(2h²)); the
   bandwidth h is fixed per task (median pairwise distance of exact target draws) and stated.
   Between two draws of the same law it is 0 in expectation (and can be negative).
+- Total variation (discrete): ½ Σ_s |p̂(s) − p(s)| between the empirical law of the points and the
+  exact law over the V^L sequences (`tilted.reference.total_variation`); its floor is the same statistic for exact draws of the same size.
 - Weighted moments (linear-Gaussian): per run, the self-normalised mean m̂ = Σ W_i x_i and
   covariance Ĉ = Σ W_i (x_i − m̂)(x_i − m̂)ᵀ; errors ‖m̂ − m‖_{C⁻¹} (Mahalanobis) and
   ‖Ĉ − C‖_F / ‖C‖_F, averaged over runs.

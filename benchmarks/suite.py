@@ -20,6 +20,7 @@ import torch
 from benchmarks import engines as engine_mod
 from benchmarks import metrics
 from benchmarks.tasks import Task, build
+from tilted.reference import total_variation
 
 F64 = torch.float64
 
@@ -33,6 +34,7 @@ class Settings:
     particles: int = 16
     num_steps: int = 100  # the DAS toys
     lg_steps: int = 50  # the linear-Gaussian tasks (d = 64 costs about as much per step as a whole toy)
+    discrete_steps: int = 8  # the discrete task (its exact law is enumerated per step)
     jobs: int = 2
     overhead_repeats: int = 5
     unet_steps: int = 20
@@ -57,6 +59,8 @@ class Settings:
 
 def make_task(name: str, settings: Settings) -> Task:
     """The task ``name`` at the step count of its family (toys: ``num_steps``; linear-Gaussian: ``lg_steps``)."""
+    if name == "discrete":
+        return build(name, settings.discrete_steps)
     return build(name, settings.lg_steps if name.startswith("lg") else settings.num_steps)
 
 
@@ -82,11 +86,14 @@ def reference_job(task_name: str, settings: Settings) -> dict:
     """Floors (exact vs exact), the pretrained chain vs the data law, and exact-draw moment errors."""
     task = make_task(task_name, settings)
     h = bandwidth(task, settings)
-    out: dict = {"bandwidth": h, "emd": [], "mmd2": [], "chain_vs_data": [], "data_floor": []}
+    out: dict = {"bandwidth": h, "emd": [], "mmd2": [], "tv": [], "chain_vs_data": [], "data_floor": []}
     for rep in range(settings.repeats):
         a, b = target_draws(task, settings, rep, "A"), target_draws(task, settings, rep, "B")
         out["emd"].append(metrics.emd(a, b, task.cost))
-        out["mmd2"].append(metrics.mmd2(a, b, h))
+        if task.law is not None:
+            out["tv"].append(float(total_variation(task.histogram(b), task.law)))
+        else:
+            out["mmd2"].append(metrics.mmd2(a, b, h))
         if task.data_sample is not None:
             gen = generator(task.name, "data", rep)
             chain = task.process.sample((settings.points,), generator=gen).to(F64)
@@ -112,9 +119,8 @@ def engine_job(task_name: str, engine_name: str, settings: Settings) -> dict:
     keep = task.moments is not None
     acc: dict[str, dict] = {}
     for rep in range(settings.repeats):
-        outputs = engine_mod.run(
-            engine, task, settings.particles, settings.points, seed_of(task.name, engine.name, rep), keep
-        )
+        seed = seed_of(task.name, engine.name, rep)
+        outputs = {engine.name: engine_mod.run(engine, task, settings.particles, settings.points, seed, keep)}
         a = target_draws(task, settings, rep, "A")
         for name, o in outputs.items():
             d = acc.setdefault(
@@ -122,6 +128,7 @@ def engine_job(task_name: str, engine_name: str, settings: Settings) -> dict:
                 {
                     "emd": [],
                     "mmd2": [],
+                    "tv": [],
                     "seconds": [],
                     "rewards": [],
                     "points": [],
@@ -134,9 +141,12 @@ def engine_job(task_name: str, engine_name: str, settings: Settings) -> dict:
                 },
             )
             d["emd"].append(metrics.emd(o.points, a, task.cost))
-            d["mmd2"].append(metrics.mmd2(o.points, a, h))
+            if task.law is not None:
+                d["tv"].append(float(total_variation(task.histogram(o.points), task.law)))
+            else:
+                d["mmd2"].append(metrics.mmd2(o.points, a, h))
             d["seconds"].append(o.seconds)
-            d["rewards"].append(task.reward(o.points).to(F64))
+            d["rewards"].append(task.point_rewards(o.points))
             d["points"].append(o.points)
             d["counts"] = {k: v / settings.points for k, v in o.counts.items()}
             if o.log_evidence is not None:
@@ -159,6 +169,8 @@ def _summarise(task: Task, d: dict, settings: Settings) -> dict:
         "emd": metrics.mean_se(d["emd"]),
         "emd_values": d["emd"],
         "mmd2": metrics.mean_se(d["mmd2"]),
+        "tv": metrics.mean_se(d["tv"]),
+        "tv_values": d["tv"],
         "reward": (float(rewards.mean()), float(rewards.std() / len(rewards) ** 0.5)),
         "seconds": metrics.mean_se(d["seconds"]),
         "counts": d["counts"],
@@ -180,13 +192,27 @@ def _summarise(task: Task, d: dict, settings: Settings) -> dict:
 
 
 # -- scheduling ----------------------------------------------------------------------------------------
-_COST = {"das": 3.0, "smc-gradient": 3.0, "oracle-twist": 2.0, "pretrained": 0.2}
-_TASK_COST = {"grid": 1.0, "ring": 1.0, "lg64": 1.0, "lg16": 0.3, "lg2": 0.1}
+_COST = {
+    "das": 3.0,
+    "smc-gradient": 3.0,
+    "oracle-twist": 2.0,
+    "smc-gauss": 4.0,
+    "smc-gauss-gradient": 8.0,
+    "smc-bootstrap-2x": 2.0,
+    "oracle-twist-prior": 2.0,
+    "freedom": 2.0,
+    "pretrained": 0.2,
+    "dps": 0.3,
+    "mpgd": 0.3,
+}
+_TASK_COST = {"grid": 1.0, "ring": 1.0, "lg64": 1.0, "lg16": 0.3, "lg2": 0.1, "discrete": 0.3}
 
 
 def applicable(task: Task, engine_name: str) -> bool:
     engine = engine_mod.get(engine_name)
     if task.engines is not None and engine_name not in task.engines:
+        return False
+    if engine.family != "both" and engine.family != ("masked" if task.discrete else "gaussian"):
         return False
     return not (engine.oracle and task.twist is None)
 
@@ -222,7 +248,7 @@ def run(task_names, engine_names, settings: Settings, log: Callable[[str], None]
         _collect(map(_call, jobs), results, len(jobs), log)
     for name in task_names:  # engines in their canonical order
         outs = results[name]["outputs"]
-        order = [o for e in engine_names for o in engine_mod.output_names(engine_mod.get(e)) if o in outs]
+        order = [e for e in engine_names if e in outs]
         results[name]["outputs"] = {o: outs[o] for o in order}
     return results
 
@@ -251,6 +277,7 @@ def _meta(task: Task) -> dict:
         "expected_reward": task.expected_reward,
         "moments": task.moments is not None,
         "plot2d": task.plot2d,
+        "discrete": task.discrete,
         "diagnostics": list(task.diagnostics),
     }
 

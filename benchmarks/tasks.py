@@ -5,12 +5,9 @@ EMD and MMD), the exact log Z when it is known, exact tilted moments (linear-Gau
 oracle twist (the exact soft value, for the "oracle" engine that shows what a perfect value
 function would give), and a few task-specific diagnostics of the drawn points.
 
-Tasks are built by name from :data:`TASKS`, so that worker processes can rebuild them.
-
-Adding a task (for example the discrete enumerable task, masked diffusion over V^L with an exact
-target by enumeration): write a factory returning a :class:`Task` and register it in
-:data:`TASKS`. Set ``cost`` for a non-Euclidean ground distance (Hamming for sequences), and
-``engines`` to the engine names that apply (the Gaussian-proposal engines do not).
+Tasks are built by name from :data:`TASKS`, so that worker processes can rebuild them. The discrete
+task (masked diffusion over an enumerable V^L) also carries its exact law over the V^L sequences
+(``law``), for the total-variation metric, and a Hamming ground distance (``cost``) for the EMD.
 """
 
 from __future__ import annotations
@@ -23,8 +20,9 @@ import pyro
 import torch
 
 import tilted
-from tilted.distributions import GaussianDiffusion, GaussianMixture
-from tilted.reference import LinearGaussianChain, gaussian_log_expectation, tilt_mixture
+from tilted.distributions import GaussianDiffusion, GaussianMixture, MaskedDiffusion, TableReward, TabularSequences
+from tilted.distributions.tabular import sequence_index
+from tilted.reference import LinearGaussianChain, MaskedChain, gaussian_log_expectation, tilt_mixture
 from tilted.rewards import Quadratic
 
 F64 = torch.float64
@@ -53,14 +51,16 @@ class Task:
     cost
         Ground distance for EMD, ``cost(x, y) -> (n, m)``.
     engines
-        Engine names that apply (``None``: all).
+        Engine names that apply (``None``: every engine of the process family).
+    law
+        Discrete tasks: the exact target's probabilities over the V^L sequences (``all_sequences`` order).
     """
 
     name: str
     title: str
     description: str
-    process: GaussianDiffusion
-    reward: Quadratic
+    process: GaussianDiffusion | MaskedDiffusion
+    reward: Callable[[torch.Tensor], torch.Tensor]
     temperature: float
     exact_sample: Callable[[int, torch.Generator], torch.Tensor]
     log_z: float | None = None
@@ -73,6 +73,7 @@ class Task:
     cost: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = torch.cdist
     engines: tuple[str, ...] | None = None
     plot2d: bool = False
+    law: torch.Tensor | None = None
 
     def model(self) -> None:
         """The Pyro model: the pretrained chain at site "x" and one reward factor "r"."""
@@ -82,6 +83,20 @@ class Task:
     @property
     def dim(self) -> int:
         return int(self.process.event_shape.numel())
+
+    @property
+    def discrete(self) -> bool:
+        return isinstance(self.process, MaskedDiffusion)
+
+    def point_rewards(self, points: torch.Tensor) -> torch.Tensor:
+        """r of output points (n, d) float64 (token ids for a discrete task), float64."""
+        return self.reward(points.long() if self.discrete else points).to(F64)
+
+    def histogram(self, points: torch.Tensor) -> torch.Tensor:
+        """Discrete tasks: the empirical law of points (n, L) over the V^L sequences."""
+        V = self.process.vocab_size
+        index = sequence_index(points.long(), V)
+        return torch.bincount(index, minlength=V**self.dim).to(F64) / points.shape[0]
 
 
 # -- analytic data laws -----------------------------------------------------------------------------
@@ -267,6 +282,56 @@ def linear_gaussian(dim: int, num_steps: int = 100, seed: int = 0) -> Task:
     )
 
 
+# -- the enumerable discrete task ---------------------------------------------------------------------
+def hamming(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Hamming distance between token sequences (n, L) and (m, L): the number of differing positions."""
+    return torch.cdist(x.to(F64), y.to(F64), p=0)
+
+
+def discrete(num_steps: int = 8, vocab_size: int = 4, length: int = 4, seed: int = 0) -> Task:
+    """Masked diffusion over V^L = 4^4 sequences: p ∝ U(0,1)² table, reward table U(−2, 2), α = 0.5."""
+    gen = torch.Generator().manual_seed(seed)
+    shape = (vocab_size,) * length
+    probs = torch.rand(shape, generator=gen, dtype=F64) ** 2
+    reward = TableReward(4 * torch.rand(shape, generator=gen, dtype=F64) - 2)
+    alpha = 0.5
+    process = MaskedDiffusion(data=TabularSequences(probs), num_steps=num_steps, schedule="cosine")
+    chain = MaskedChain(process)
+    law, log_z = chain.tilted(reward, alpha)
+    sequences = chain.sequences
+
+    def exact_sample(n: int, g: torch.Generator) -> torch.Tensor:
+        return sequences[torch.multinomial(law, n, replacement=True, generator=g)].to(F64)
+
+    r = chain.reward_table(reward)
+    return Task(
+        name="discrete",
+        title=f"Discrete: masked diffusion over V^L = {vocab_size}^{length}",
+        description=f"`MaskedDiffusion(data=TabularSequences(p), num_steps={num_steps}, schedule='cosine')` with "
+        f"p ∝ u², u ~ U(0, 1) over the {vocab_size**length} sequences (seed {seed}); reward a table r ~ U(−2, 2) "
+        f"(`TableReward`, differentiable on relaxed inputs for the Taylor proposal), α = {alpha}. Exact target "
+        "and log Z of the chain by enumeration (`tilted.reference.MaskedChain(process).tilted(reward, α)`).",
+        process=process,
+        reward=reward,
+        temperature=alpha,
+        exact_sample=exact_sample,
+        log_z=float(log_z),
+        log_z_exact=True,
+        expected_reward=float(law @ r),
+        twist=chain.twist(reward, alpha),
+        diagnostics={"P(top-10 sequences)": _mass_on(sequences, law.topk(10).indices, vocab_size)},
+        cost=hamming,
+        law=law,
+    )
+
+
+def _mass_on(sequences: torch.Tensor, rows: torch.Tensor, vocab_size: int) -> Callable[[torch.Tensor], float]:
+    """The fraction of points (n, L) that are one of the given rows of ``sequences``."""
+    chosen = torch.zeros(sequences.shape[0], dtype=torch.bool)
+    chosen[rows] = True
+    return lambda x: float(chosen[sequence_index(x.long(), vocab_size)].double().mean())
+
+
 #: name → factory(num_steps) of every task; ``--tasks`` selects among these (and "overhead").
 TASKS: dict[str, Callable[..., Task]] = {
     "grid": das_grid,
@@ -274,7 +339,7 @@ TASKS: dict[str, Callable[..., Task]] = {
     "lg2": lambda num_steps=100: linear_gaussian(2, num_steps),
     "lg16": lambda num_steps=100: linear_gaussian(16, num_steps),
     "lg64": lambda num_steps=100: linear_gaussian(64, num_steps),
-    # "discrete": masked diffusion over an enumerable V^L (to be added; see the module docstring)
+    "discrete": lambda num_steps=8: discrete(num_steps),
 }
 
 

@@ -11,6 +11,7 @@ from benchmarks import engines, metrics, report, suite
 from benchmarks.tasks import AffineGaussian, build
 from tilted.distributions import GaussianMixture
 
+RUN = {"command": "test", "date": "-", "seconds": 1.0, "cpus": 1}
 TINY = suite.Settings(points=300, repeats=2, particles=16, num_steps=10, lg_steps=10, jobs=1, plot_points=300)
 
 
@@ -21,19 +22,19 @@ def test_exact_draws_score_the_floor_and_importance_with_large_n_beats_pretraine
     assert metrics.emd(a, a) < 1e-9 < floor
     big = engines.run(engines.get("importance"), task, 512, TINY.points, seed=1, keep_particles=False)
     pre = engines.run(engines.get("pretrained"), task, 16, TINY.points, seed=1, keep_particles=False)
-    e_is = metrics.emd(big["importance"].points, a)
-    e_pre = metrics.emd(pre["pretrained"].points, a)
+    e_is = metrics.emd(big.points, a)
+    e_pre = metrics.emd(pre.points, a)
     assert floor < e_is < e_pre
     h = metrics.median_bandwidth(a)
-    assert abs(metrics.mmd2(a, b, h)) < metrics.mmd2(pre["pretrained"].points, a, h)
-    assert big["importance"].counts["denoiser_calls"] == 512 * TINY.points * TINY.num_steps
+    assert abs(metrics.mmd2(a, b, h)) < metrics.mmd2(pre.points, a, h)
+    assert big.counts["denoiser_calls"] == 512 * TINY.points * TINY.num_steps
 
 
 def test_suite_metrics_and_page(tmp_path):
-    names = ["pretrained", "importance", "smc-bootstrap", "smc-adaptive", "oracle-twist"]
+    names = ["pretrained", "importance", "smc-bootstrap", "smc-adaptive", "smc-gauss", "oracle-twist", "svdd"]
     results = suite.run(["ring", "lg2"], names, TINY, log=lambda msg: None)
     ring, lg = results["ring"], results["lg2"]
-    assert set(ring["outputs"]) == {*names, "best-of-N"}
+    assert set(ring["outputs"]) == set(names)
     for res in (ring, lg):
         assert len(res["reference"]["emd"]) == TINY.repeats
         for m in res["outputs"].values():
@@ -42,18 +43,43 @@ def test_suite_metrics_and_page(tmp_path):
     assert ring["outputs"]["smc-bootstrap"]["counts"]["denoiser_calls"] == 16 * TINY.num_steps
     assert ring["outputs"]["pretrained"]["emd"][0] > ring["outputs"]["smc-bootstrap"]["emd"][0]
     assert ring["outputs"]["smc-adaptive"]["lambdas"][-1] == 1.0
+    # the Gaussian potential's own evaluations are counted: a second denoiser call and d = 2 Jacobian rows
+    # per particle and level K, …, 1, and M = 8 reward calls each, on top of the engine's
+    gauss = ring["outputs"]["smc-gauss"]["counts"]
+    assert gauss == {
+        "denoiser_calls": 32 * TINY.num_steps,
+        "reward_calls": 16 * (8 * TINY.num_steps + 1),  # + the exact final reward
+        "gradient_evaluations": 32 * TINY.num_steps,
+    }
+    assert "log_z_abs" not in ring["outputs"]["svdd"]  # approximate: no evidence
     # linear-Gaussian: exact log Z and moments are compared; the exact twist with the gradient proposal
     # (its locally optimal proposal) estimates log Z better than bootstrap SMC
     boot, oracle = lg["outputs"]["smc-bootstrap"], lg["outputs"]["oracle-twist"]
     assert 0 < oracle["log_z_abs"][0] < boot["log_z_abs"][0]
     assert lg["reference"]["mean_error"][0] > 0 and "cov_error" in boot
-    path = report.write(
-        results, None, suite.settings_dict(TINY), {"command": "test", "date": "-", "seconds": 1.0, "cpus": 1}, tmp_path
-    )
+    path = report.write(results, None, suite.settings_dict(TINY), RUN, tmp_path)
     text = path.read_text()
     assert "| `smc-bootstrap` |" in text and "floor" in text
     assert (tmp_path / "figures" / "bench_toys.png").exists()
     assert (tmp_path / "figures" / "bench_ring_value.png").exists()
+
+
+def test_discrete_task_total_variation_and_page(tmp_path):
+    """Exact draws' TV is the floor; every applicable engine runs; the Gaussian-only engines do not."""
+    task = build("discrete", 4)
+    assert torch.allclose(task.law.sum(), torch.tensor(1.0, dtype=torch.float64))
+    names = ["pretrained", "smc-bootstrap", "smc-gradient-argmax", "oracle-twist", "beam", "taylor-guidance", "dps"]
+    assert not suite.applicable(task, "dps") and not suite.applicable(task, "smc-gauss")
+    settings = suite.Settings(points=200, repeats=2, jobs=1, discrete_steps=4)
+    res = suite.run(["discrete"], names, settings, log=lambda msg: None)["discrete"]
+    assert set(res["outputs"]) == set(names) - {"dps"}
+    floor = res["reference"]["tv"]
+    assert all(0 < f < 1 for f in floor)
+    smc, pre = res["outputs"]["smc-bootstrap"], res["outputs"]["pretrained"]
+    assert smc["tv"][0] < pre["tv"][0]  # the tilt moves the law towards the target (TV of order 0.7 vs 0.3)
+    assert smc["counts"]["denoiser_calls"] == 16 * 4
+    path = report.write(res and {"discrete": res}, None, suite.settings_dict(settings), RUN, tmp_path)
+    assert "| `taylor-guidance` |" in path.read_text() and "TV − floor" in path.read_text()
 
 
 def test_affine_gaussian_denoiser_matches_the_library_mixture():

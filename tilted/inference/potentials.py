@@ -152,7 +152,9 @@ class GaussianSoftValue(Twist):
 
     exact for the data diffusion of any data law. The potential replaces the posterior by
     N(x̂_0, Σ_k), Σ_k = c_k J_k (symmetrised, negative eigenvalues clipped; c_k = (1 − ᾱ_k)/√ᾱ_k),
-    and estimates ψ_k = log E[exp(Σ_j r_j(x_0)/α_j)] under it by M draws x̂_0 + L ε_m, LLᵀ = Σ_k.
+    and estimates ψ_k = log E[exp(Σ_j r_j(x_0)/α_j)] under it by M draws x̂_0 + L ε_m, with L = Σ_k^½
+    the symmetric square root (continuous in x, unlike a Cholesky or eigenvector factor, whose draws
+    would jump where the factor does).
     The ε_m are common random numbers: drawn once per run (at ``start``) and shared by its particles
     and levels, so particles in equal states get equal ψ and ψ is a deterministic function of the
     state given them; the engine stays exact (ψ only shapes the variance; ψ_0 is the exact reward).
@@ -225,7 +227,7 @@ class GaussianSoftValue(Twist):
         self.counts.gradient_evaluations += d * n
         cov = c * torch.stack(rows, -2).to(F64)
         evals, vecs = torch.linalg.eigh(0.5 * (cov + cov.mT))
-        return vecs * evals.clamp_min(0).sqrt().unsqueeze(-2)
+        return (vecs * evals.clamp_min(0).sqrt().unsqueeze(-2)) @ vecs.mT  # Σ^½: continuous in x
 
     def _evaluate(self, x: torch.Tensor, k: int, with_grad: bool):
         """ψ_k (R, N) and, with ``with_grad``, ∇_x ψ_k through x̂_0 with L held fixed."""
