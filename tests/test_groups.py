@@ -46,14 +46,6 @@ def grouped_process(num_steps=10, eta=1.0, means=MEANS):
     )
 
 
-@pytest.fixture
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
-
-
 @settings(max_examples=40, deadline=None)
 @given(st.integers(1, 3), st.integers(1, 4), st.integers(1, 3), st.integers(0, 2), st.booleans(), st.integers(0, 2))
 def test_site_layout_round_trip_and_group_order(P, M, N, extra, grouped, lead):

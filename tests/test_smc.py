@@ -31,14 +31,6 @@ def z_for(num_comparisons: int, family_rate: float = 1e-3) -> float:
     return max(4.0, float(norm.isf(family_rate / (2 * num_comparisons))))
 
 
-@pytest.fixture
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
-
-
 def gaussian_process(mean, cov, num_steps=10, eta=1.0, **kw):
     return GaussianDiffusion(data=GaussianMixture(torch.as_tensor(mean)[None], cov), num_steps=num_steps, eta=eta, **kw)
 
