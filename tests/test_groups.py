@@ -143,3 +143,18 @@ def test_bad_group_shapes_are_refused():
     plan = tilted.read_plan(make_model(grouped_process(), None))
     with pytest.raises(ShapeError, match="multiple of the process's 3 groups"):
         plan.to_site(torch.zeros(4, 2, 2), 2)
+
+
+def test_diagnostics_compare_log_evidence_within_groups_not_across(float64):
+    """Groups have different evidences (here log Z spans several units): the variance check is per group."""
+    from tilted.diagnostics import diagnose, to_datatree
+
+    process = grouped_process(num_steps=6)
+    reward, alpha = Quadratic.linear([1.5, -0.5]), 0.7
+    res = SMC(make_model(process, reward, alpha), 64, num_runs=4, proposal="gradient").run(seed=0)
+    lz = res.log_evidence.reshape(4, 3)
+    assert lz.mean(0).max() - lz.mean(0).min() > 3  # pooled across groups the variance would be large
+    verdict = diagnose(to_datatree(res)).get("log_evidence_variance")
+    assert verdict.passed and abs(verdict.value - float(lz.var(0).max())) < 1e-9 and "group" in verdict.message
+    one = diagnose(to_datatree(SMC(make_model(process, reward, alpha), 8).run(seed=1)))
+    assert one.get("log_evidence_variance").passed is None

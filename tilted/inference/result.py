@@ -176,6 +176,6 @@ def collect(plan, x, rewards, log_weights, log_evidence, infos, counts, config, 
         site=plan.site,
         trace=trace,
         counts=counts,
-        config=config,
+        config={**config, "groups": plan.groups} if plan.grouped else config,
         temperatures={f.name: float(f.temperature) for f in plan.factors},
     )
