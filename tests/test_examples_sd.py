@@ -69,3 +69,19 @@ def test_missing_weights_name_what_to_download(weights, tmp_path):
     argv = ["--model", weights["--model"], "--clip", weights["--clip"], "--head", str(tmp_path / "none.pth")]
     with pytest.raises(MissingWeightsError, match="improved-aesthetic-predictor"):
         run_example([*argv, "--device", "cpu", "--dtype", "float32", "--out", str(tmp_path)])
+
+
+def test_the_sd_cost_benchmark_runs_every_configuration_on_tiny_networks(tmp_path):
+    from benchmarks import sd_cost
+
+    out = tmp_path / "benchmarks_sd.md"
+    rows = sd_cost.main(["--tiny", "--particles", "2", "--steps", "3", "--micro", "1", "--out", str(out)])
+    assert [r["config"] for r in rows] == list(sd_cost.CONFIGS)
+    N, K = 2, 3
+    for r in rows:  # the same chain everywhere: N·K denoiser calls; SMC scores x̂_0 at every level and x_0
+        tilting = r["config"] != "plain"
+        assert r["denoiser_calls"] == N * K and r["reward_calls"] == tilting * N * (K + 1)
+        assert r["gradient_evaluations"] == r["config"].startswith("das") * N * K
+        assert r["seconds"] > 0 and r["peak_mb"] >= 0
+    text = out.read_text()
+    assert "| (c) SMC, gradient proposal (DAS) | 3 | 4 | 3 |" in text and "No GPU was lent" in text
