@@ -191,6 +191,20 @@ def test_bfloat16_networks_keep_float32_latents(tmp_path, clip_path):
     assert res.particles["z"].dtype == torch.float32 and torch.isfinite(res.log_weights).all()
 
 
+def test_other_samplers_are_read_as_ddim_with_their_own_settings(tmp_path):
+    """A PNDM scheduler left at its defaults keeps them (set_alpha_to_one=False), not DDIM's."""
+    from diffusers import PNDMScheduler
+
+    local = tiny_sd_pipeline(tmp_path)
+    local.scheduler = PNDMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, skip_prk_steps=True
+    )
+    prior = from_pipeline(local, "a cat", num_steps=4)
+    assert not prior.scheduler.config.set_alpha_to_one and not prior.scheduler.config.clip_sample
+    assert not prior.is_deterministic(1)
+    assert torch.isclose(prior.alphas_cumprod[0], local.scheduler.alphas_cumprod[0].double())
+
+
 def test_bad_pipeline_arguments_are_refused(pipe):
     with pytest.raises(ModelError, match="one per prompt"):
         from_pipeline(pipe, PROMPTS, negative_prompt=["ugly"])
@@ -220,6 +234,7 @@ def tiny_sdxl_pipeline(folder):
         cross_attention_dim=2 * TEXT_HIDDEN,
     )
     schedule = {k: v for k, v in SD_SCHEDULE.items() if k not in ("skip_prk_steps", "set_alpha_to_one")}
+    schedule["timestep_spacing"] = "leading"  # as SDXL ships it (Euler's default is "linspace")
     return StableDiffusionXLPipeline(
         vae=tiny_vae(),
         text_encoder=tiny_clip_text_model(tokenizer),
@@ -242,7 +257,7 @@ def test_sdxl_pipelines_run_with_pooled_text_and_size_conditioning(tmp_path, cli
     with torch.no_grad():
         for k in prior.levels:
             x = prior.draw_transition(x, k)
-    xl.scheduler = DDIMScheduler.from_config(xl.scheduler.config, clip_sample=False)
+    xl.scheduler = DDIMScheduler.from_config(prior.scheduler.config)  # Euler's schedule and spacing, read as DDIM
     out = xl(PROMPTS, latents=z, num_inference_steps=4, guidance_scale=4.0, eta=0.0, output_type="latent")
     assert torch.allclose(x, out.images, atol=1e-4), (x - out.images).abs().max()
     prior = from_pipeline(xl, PROMPTS, guidance_scale=4.0, num_steps=3)

@@ -132,8 +132,10 @@ def _scheduler(pipe, scheduler):
         return scheduler
     if isinstance(pipe.scheduler, DDPMScheduler | DDIMScheduler):
         return pipe.scheduler
-    config = dict(pipe.scheduler.config)
-    config["clip_sample"] = bool(config.get("clip_sample", False))  # latents are not in [−1, 1]
+    # every value explicit: from_config would replace the values the pipeline's scheduler left at *its*
+    # defaults by DDIM's (PNDM's set_alpha_to_one=False would become True); latents are not in [−1, 1]
+    config = {k: v for k, v in pipe.scheduler.config.items() if k != "_use_default_values"}
+    config["clip_sample"] = bool(config.get("clip_sample", False))
     return DDIMScheduler.from_config(config)
 
 
