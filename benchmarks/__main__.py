@@ -48,6 +48,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--points", type=int, default=None, help="output points per repetition (default 2000)")
     p.add_argument("--repeats", type=int, default=None, help="repetitions (default 5)")
     p.add_argument("--json", type=Path, default=None, help="also write the raw numbers to this JSON file")
+    p.add_argument("--save", type=Path, default=None, help="also save the full results (torch.save) to re-render later")
+    p.add_argument("--render", type=Path, default=None, help="only re-render the page from results saved by --save")
     return p.parse_args(argv)
 
 
@@ -70,6 +72,9 @@ def main(argv=None) -> Path:
         settings, jobs=max(jobs, 1), points=args.points or settings.points, repeats=args.repeats or settings.repeats
     )
     out = args.out or (Path(tempfile.mkdtemp(prefix="tilted-bench-")) if args.quick else Path("docs"))
+    if args.render:  # the page and figures of a saved run, with the current report code
+        saved = torch.load(args.render, weights_only=False)
+        return report.write(saved["results"], saved["overhead"], saved["settings"], saved["info"], out)
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", category=UserWarning)
     start = time.perf_counter()
@@ -84,6 +89,10 @@ def main(argv=None) -> Path:
         "cpus": os.cpu_count(),
     }
     path = report.write(results, over, suite.settings_dict(settings), info, out)
+    if args.save:
+        torch.save(
+            {"results": results, "overhead": over, "settings": suite.settings_dict(settings), "info": info}, args.save
+        )
     if args.json:
         args.json.write_text(json.dumps(_plain({"run": info, "results": results, "overhead": over}), indent=1))
     log(f"wrote {path} and {out / 'figures'}/bench_*.png")

@@ -59,7 +59,8 @@ def test_scalar_covariance_equals_full_for_isotropic_data():
     x = torch.randn(4, 3, dtype=F64, generator=torch.Generator().manual_seed(0))
     full = factor_of(GaussianSoftValue(model, seed=0), x, 5)
     scalar = factor_of(GaussianSoftValue(model, covariance="scalar", seed=0), x, 5)
-    assert torch.allclose(full @ full.mT, scalar @ scalar.mT, atol=1e-12)
+    assert scalar.shape == (4, 1, 1)  # Σ_k = s²I, kept as the scale s
+    assert torch.allclose(full @ full.mT, scalar**2 * torch.eye(3, dtype=F64), atol=1e-12)
 
 
 def test_common_random_numbers_equal_states_equal_values():

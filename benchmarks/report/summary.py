@@ -53,6 +53,16 @@ def summary(results: dict, overhead: dict | None) -> list[str]:
             cells = [fmt(gap(m, results[t]["reference"])) if m else "—" for t, m in zip(toys, outs, strict=True)]
             out.append(row(f"`{o}`", cells))
         out += [""]
+    for r in results.values():
+        if r["task"].get("discrete") and r["outputs"]:
+            ref, outs = r["reference"], r["outputs"]
+            ranked = sorted(outs, key=lambda o: gap(outs[o], ref, "tv")[0])
+            out += [
+                f"{r['task']['title']}: total variation to the exact law, floor {fmt(mean_se(ref['tv']))}; closest: "
+                + ", ".join(f"`{o}` {fmt(gap(outs[o], ref, 'tv'))}" for o in ranked[:3])
+                + f" above the floor; farthest: `{ranked[-1]}` {fmt(gap(outs[ranked[-1]], ref, 'tv'))} (details below).",
+                "",
+            ]
     if overhead:
         out += [
             "Overhead of bootstrap SMC over ancestral sampling at equal denoiser calls (median ratio): "

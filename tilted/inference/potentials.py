@@ -211,7 +211,7 @@ class GaussianSoftValue(Twist):
         return self(x, k)
 
     def factor(self, k: int, leaf: torch.Tensor, x0: torch.Tensor, probes: torch.Tensor):
-        """L with LLᵀ = Σ_k (flattened events, (n, d, d), float64, no gradient) from x̂_0 = x0 at leaf."""
+        """L with LLᵀ = Σ_k from x̂_0 = x0 at leaf, float64, no gradient: (n, d, d), or (n, 1, 1) for Σ_k = s²I."""
         n, d = x0.shape[0], x0[0].numel()
         if k == 0:
             return torch.zeros(n, d, d, dtype=F64)
@@ -222,7 +222,7 @@ class GaussianSoftValue(Twist):
             (vj,) = torch.autograd.grad(flat, leaf, probes.to(flat.dtype), retain_graph=True)
             trace = (vj.reshape(n, d).to(F64) * probes).sum(-1)
             self.counts.gradient_evaluations += n
-            return torch.diag_embed((c * trace / d).clamp_min(0).sqrt()[:, None].expand(n, d))
+            return (c * trace / d).clamp_min(0).sqrt().reshape(n, 1, 1)
         rows = [torch.autograd.grad(flat[:, i].sum(), leaf, retain_graph=True)[0].reshape(n, d) for i in range(d)]
         self.counts.gradient_evaluations += d * n
         cov = c * torch.stack(rows, -2).to(F64)
@@ -248,7 +248,8 @@ class GaussianSoftValue(Twist):
                 L = self.factor(k, leaf, x0, probes[sl])
                 n = leaf.shape[0]
                 centre = x0 if with_grad else x0.detach()
-                samples = centre.reshape(n, 1, -1).to(F64) + torch.einsum("nij,nmj->nmi", L, eps[sl])
+                spread = L * eps[sl] if L.shape[-1] == 1 else torch.einsum("nij,nmj->nmi", L, eps[sl])
+                samples = centre.reshape(n, 1, -1).to(F64) + spread
                 rewards = self.plan.rewards(samples.reshape((n, M) + event))  # (F, n, M)
                 psi = torch.logsumexp(self.plan.log_factor(rewards.to(F64)), -1) - math.log(M)
                 if with_grad:
