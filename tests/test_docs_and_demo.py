@@ -26,6 +26,8 @@ def test_examples_run_as_written(path):
     blocks = python_blocks(path)
     assert blocks
     for block in blocks:
+        if "StableDiffusionPipeline" in block:  # needs weights: run on tiny ones in test_examples_sd.py
+            continue
         namespace = {}
         exec(compile(block, path, "exec"), namespace)  # noqa: S102
         if "result" in namespace:
