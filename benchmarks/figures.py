@@ -82,7 +82,7 @@ def emd_bars(results: dict, folder: Path, margin: float) -> str | None:
         vals = [outs[o]["emd"][0] for o in labels]
         errs = [outs[o]["emd"][1] for o in labels]
         floor = sum(results[name]["reference"]["emd"]) / len(results[name]["reference"]["emd"])
-        shown = [v for o, v in zip(labels, vals, strict=True) if o != "pretrained"] or vals
+        shown = [v for v in vals if v < 1.0] or vals  # far-off engines (EMD ≥ 1) are clipped, value printed
         top = 1.15 * max(shown)
         y = range(len(labels))
         errs = [0.0 if v > top else e for v, e in zip(vals, errs, strict=True)]
@@ -97,7 +97,7 @@ def emd_bars(results: dict, folder: Path, margin: float) -> str | None:
         ax.set_xlim(0, top)
         ax.set_xlabel("EMD to the exact target (2,000 vs 2,000 points)", fontsize=8)
         ax.set_title(results[name]["task"]["title"], fontsize=9)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
     fig.tight_layout()
     return _save(fig, folder / "bench_emd.png")
 

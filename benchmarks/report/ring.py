@@ -103,6 +103,20 @@ def investigation(results: dict, probes: list[dict], figs: dict, identical: bool
             cells = [potential, proposal, cost, resamplings(outs[name]), _gap(outs, ref, name), _top(outs, name)]
             out.append(row(f"`{name}`", cells))
     landed = [name for name, _, _ in rows if name in outs and gap(outs[name], ref)[0] <= MARGIN]
+    if {"smc-gauss", "smc-bootstrap-2x"} <= set(outs):  # equal denoiser budgets, paired by repetition
+        a, b = outs["smc-gauss"]["emd_values"], outs["smc-bootstrap-2x"]["emd_values"]
+        d = mean_se(x - y for x, y in zip(a, b, strict=True))
+        verdict = (
+            "no significant difference (|difference| < 2 s.e.)"
+            if abs(d[0]) < 2 * d[1]
+            else ("the better value wins" if d[0] < 0 else "more particles win")
+        )
+        out += [
+            "",
+            f"At equal denoiser budgets (`smc-gauss` against `smc-bootstrap-2x`, both "
+            f"{outs['smc-gauss']['counts']['denoiser_calls']:.0f} calls per point) the EMD difference is "
+            f"{fmt(d)}: {verdict}.",
+        ]
     out += [
         "",
         f"Within {MARGIN} of the floor in this run: "
