@@ -8,7 +8,7 @@ particles costs N·K denoiser calls per point; importance sampling, best-of-N an
 (nested IS, SVDD, beam search: particles × candidates = 16) use the same; guidance engines (DPS,
 MPGD, FreeDoM, TaylorGuidance) follow one chain per point and cannot turn more compute into better
 draws, so they run at their own cost; pretrained sampling costs K per point. Counts come from
-``result.counts`` (plus the potential's own counts for :class:`~tilted.inference.GaussianSoftValue`).
+``result.counts`` (which include the evaluations of :class:`~tilted.inference.GaussianSoftValue`).
 
 Each engine declares the process family it applies to: ``"gaussian"``, ``"masked"`` or ``"both"``.
 """
@@ -264,8 +264,6 @@ def run(engine: Engine, task: Task, num_particles: int, num_runs: int, seed: int
     x = result.particles["x"]
     points = flat(x[:, 0] if engine.pick == "first" else result.sample(1, seed=seed + 1)["x"][:, 0])
     counts = result.counts.as_dict()
-    if isinstance(potential, GaussianSoftValue):  # the potential's own evaluations
-        counts = {k: v + potential.counts.as_dict()[k] for k, v in counts.items()}
     if engine.approximate:
         return Output(points, seconds, counts)
     trace = result.trace

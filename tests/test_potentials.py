@@ -105,17 +105,19 @@ def test_linear_reward_gradient_proposal_gives_equal_weights_and_exact_evidence(
     assert torch.allclose(res.log_evidence, torch.full((3,), float(log_z), dtype=F64), atol=1e-3)
 
 
-def test_counts_one_denoiser_call_d_gradients_and_fm_rewards_per_particle_and_level():
+def test_counts_one_denoiser_call_d_gradients_and_fm_rewards_per_particle_and_level_in_the_result():
     process = gaussian_process(MEAN, COV, num_steps=6)
     model = make_model(process, Quadratic(A=-0.3 * torch.eye(3)))
     potential = GaussianSoftValue(model, num_draws=4, seed=0)
-    SMC(model, 5, potential=potential, num_runs=2).run(seed=0)
+    res = SMC(model, 5, potential=potential, num_runs=2).run(seed=0)
     evaluations = 6 * 2 * 5  # levels K, …, 1 (the last step uses the exact reward) × runs × particles
-    assert potential.counts.as_dict() == {
-        "denoiser_calls": evaluations,
-        "reward_calls": 4 * evaluations,
+    # the engine binds its counts: its own x̂_0 per particle and level, and the final reward, are added
+    assert res.counts.as_dict() == {
+        "denoiser_calls": 2 * evaluations,
+        "reward_calls": 4 * evaluations + 2 * 5,
         "gradient_evaluations": 3 * evaluations,
     }
+    assert potential.counts is res.counts
 
 
 def test_batch_size_changes_nothing():

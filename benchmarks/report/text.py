@@ -24,8 +24,8 @@ denoiser-call budgets**. Regenerate everything on this page (tables and `docs/fi
   N = 16 pretrained chains per point; nested IS and beam search 4 particles × 4 candidates, SVDD 1 particle ×
   16 candidates (the same budget). Guidance engines (DPS, MPGD, FreeDoM, TaylorGuidance) follow one chain per
   point and have no knob that turns more compute into better draws, so they run at their own cost (stated);
-  pretrained sampling uses K calls per point. Counts are read from `result.counts`, plus the potential's own
-  counts for `GaussianSoftValue` (a twist: its denoiser calls and Jacobian products are not in `result.counts`).
+  pretrained sampling uses K calls per point. Counts are read from `result.counts` (for `GaussianSoftValue` they
+  include its own denoiser calls, Jacobian products and reward calls).
 - **Analytic denoisers.** The toys' data law is `benchmarks.tasks.IsotropicMixture` and the linear-Gaussian
   one `benchmarks.tasks.AffineGaussian`: subclasses of `tilted.distributions.GaussianMixture` with the same law
   and the same x̂₀ (equal to 1e-10, tests/test_benchmarks.py), written for their special case (shared

@@ -164,7 +164,8 @@ class GaussianSoftValue(Twist):
     between modes) the Gaussian spreads mass between the modes and over-values that region, less
     than r(x̂_0) does. The factors' tempering schedules are not applied (λ ≡ 1).
 
-    Cost per particle and level, counted in :attr:`counts` (add them to the engine's counts): one
+    Cost per particle and level, counted in :attr:`counts` (the engine's ``result.counts`` when run
+    by :class:`~tilted.inference.SMC`, which binds them; the engine's own x̂_0 is not shared): one
     denoiser call, d (``"full"``) or 1 (``"scalar"``) gradient evaluations for Σ_k, F·M reward calls;
     the gradient proposal's ∇_x ψ (through x̂_0, L held fixed) costs the same again, plus the one
     gradient evaluation per particle that the engine counts for every twist gradient.
@@ -198,6 +199,10 @@ class GaussianSoftValue(Twist):
 
     def __repr__(self) -> str:
         return f"GaussianSoftValue(num_draws={self.num_draws}, covariance={self.covariance!r})"
+
+    def bind(self, counts: Counts) -> None:
+        """Count this potential's evaluations in an engine's counts (SMC calls this at the start of a run)."""
+        self.counts = counts
 
     def redraw(self, runs: int) -> None:
         """Fresh common random numbers ε_m (and Hutchinson probes) for ``runs`` runs."""

@@ -192,6 +192,9 @@ class SMC:
         self._alpha = plan.temperatures.to(device)
         self._gradient = self.proposal == "gradient"
         self.counts = Counts()
+        bind = getattr(self.potential, "bind", None)
+        if bind is not None:  # a potential that evaluates the model itself counts its calls here too
+            bind(self.counts)
 
     def _lambdas_at(self, s: int, adaptive: torch.Tensor) -> torch.Tensor:
         """λ_{j} at step s for every factor and run, (F, R): fixed rows from the table, adaptive rows ``adaptive``."""
