@@ -12,13 +12,23 @@ import pyro
 import pytest
 import torch
 from test_groups import grouped_process
-from test_smc import make_model
+from test_smc import gaussian_process, make_model
 from torch.overrides import TorchFunctionMode
 
 import tilted
 from tilted.distributions import MaskedDiffusion, TableReward, TabularSequences
 from tilted.distributions.process import module_device
-from tilted.inference import DPS, SMC, SVDD, BeamSearch, BestOfN, Importance, NestedIS, TaylorGuidance
+from tilted.inference import (
+    DPS,
+    SMC,
+    SVDD,
+    BeamSearch,
+    BestOfN,
+    GaussianSoftValue,
+    Importance,
+    NestedIS,
+    TaylorGuidance,
+)
 from tilted.rewards import Quadratic
 
 FACTORIES = {torch.zeros, torch.ones, torch.full, torch.empty, torch.arange, torch.rand, torch.randn, torch.randint}
@@ -53,12 +63,13 @@ ENGINES = {
     "svdd": lambda m: SVDD(m, 4, num_candidates=2),
     "best-of-n": lambda m: BestOfN(m, 2, num_candidates=2),
     "dps": lambda m: DPS(m, 4),
+    "gaussian-soft-value": lambda m: SMC(m, 4, proposal="gradient", potential=GaussianSoftValue(m, num_draws=2)),
 }
 
 
 @pytest.mark.parametrize("name", sorted(ENGINES))
 def test_engines_create_no_device_less_tensors(name):
-    process = grouped_process(num_steps=4)
+    process = grouped_process(num_steps=4) if name != "gaussian-soft-value" else gaussian_process([0.0, 1.0], 0.5, 4)
     model = make_model(process, Quadratic(A=-0.3 * torch.eye(2), b=[0.5, 1.0]), 0.5)
     with DeviceLessFactories() as mode:
         ENGINES[name](model).run(seed=0)

@@ -10,7 +10,7 @@ from test_smc import gaussian_process, make_model
 
 import tilted
 from tilted.distributions import GaussianDiffusion
-from tilted.errors import ShapeError
+from tilted.errors import ModelError, ShapeError
 from tilted.inference import SMC, SVDD, Importance, Twist
 from tilted.reference import LinearGaussianChain
 from tilted.rewards import Quadratic
@@ -158,3 +158,10 @@ def test_diagnostics_compare_log_evidence_within_groups_not_across(float64):
     assert verdict.passed and abs(verdict.value - float(lz.var(0).max())) < 1e-9 and "group" in verdict.message
     one = diagnose(to_datatree(SMC(make_model(process, reward, alpha), 8).run(seed=1)))
     assert one.get("log_evidence_variance").passed is None
+
+
+def test_gaussian_soft_value_refuses_groups():
+    from tilted.inference import GaussianSoftValue
+
+    with pytest.raises(ModelError, match="without groups"):
+        GaussianSoftValue(make_model(grouped_process(), Quadratic.linear([1.0, 0.0])))

@@ -190,9 +190,15 @@ class GaussianSoftValue(Twist):
             raise ModelError(
                 f"GaussianSoftValue needs a GaussianDiffusion process, got {type(self.plan.process).__name__}"
             )
+        if self.plan.grouped:
+            raise ModelError(
+                "GaussianSoftValue runs processes without groups (its d Jacobian products suit small d); for one "
+                "chain per prompt use the default Tweedie potential"
+            )
         super().__init__(self.value)
         self.num_draws, self.covariance, self.batch_size = num_draws, covariance, batch_size
-        self.generator = as_generator(seed)
+        self.device = self.plan.process.device
+        self.generator = as_generator(seed, self.device)
         self.counts = Counts()
         self.draws: torch.Tensor | None = None  # ε, (R, M, *E)
         self.probes: torch.Tensor | None = None  # Rademacher v, (R, *E)
@@ -207,8 +213,10 @@ class GaussianSoftValue(Twist):
     def redraw(self, runs: int) -> None:
         """Fresh common random numbers ε_m (and Hutchinson probes) for ``runs`` runs."""
         event = self.plan.process.event_shape
-        self.draws = torch.randn((runs, self.num_draws) + event, generator=self.generator, dtype=F64)
-        signs = torch.randint(0, 2, (runs,) + event, generator=self.generator)
+        self.draws = torch.randn(
+            (runs, self.num_draws) + event, generator=self.generator, dtype=F64, device=self.device
+        )
+        signs = torch.randint(0, 2, (runs,) + event, generator=self.generator, device=self.device)
         self.probes = (2 * signs - 1).to(F64)
 
     def start(self, phi, x, k):
@@ -219,7 +227,7 @@ class GaussianSoftValue(Twist):
         """L with LLᵀ = Σ_k from x̂_0 = x0 at leaf, float64, no gradient: (n, d, d), or (n, 1, 1) for Σ_k = s²I."""
         n, d = x0.shape[0], x0[0].numel()
         if k == 0:
-            return torch.zeros(n, d, d, dtype=F64)
+            return torch.zeros(n, d, d, dtype=F64, device=x0.device)
         a = float(self.plan.process.alphas_cumprod[k])
         c = (1 - a) / math.sqrt(a)
         flat = x0.reshape(n, d)
