@@ -214,6 +214,9 @@ def test_bad_pipeline_arguments_are_refused(pipe):
         from_pipeline(pipe, PROMPTS, height=15)
     with pytest.raises(ModelError, match="needs a Stable Diffusion pipeline"):
         from_pipeline(object(), PROMPTS)
+    guided = from_pipeline(pipe, PROMPTS, num_steps=2).denoiser
+    with pytest.raises(ModelError, match="negative_prompt_embeds"):
+        guided(torch.zeros(1, 4, 8, 8), torch.tensor([1]), prompt_embeds=torch.zeros(1, CONTEXT, TEXT_HIDDEN))
 
 
 def tiny_sdxl_pipeline(folder):

@@ -58,6 +58,11 @@ class GuidedUNet(torch.nn.Module):
         time_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         B, dtype = z.shape[0], self.unet.dtype
+        if self.guided and negative_prompt_embeds is None:
+            raise ModelError(
+                f"guidance_scale={self.guidance_scale} needs negative_prompt_embeds (the unconditional embedding); "
+                "pass them, or use guidance_scale=1"
+            )
 
         def both(cond, uncond):
             cond = cond.expand((B,) + cond.shape[1:])
