@@ -88,9 +88,9 @@ class Values:
         batch_ndim = x.ndim - self.plan.event_dim
         return x.shape[:batch_ndim].numel(), self.plan.chunks(x, batch_ndim, self.batch_size)
 
-    def _join(self, parts, x: torch.Tensor, lead: int = 0) -> torch.Tensor:
+    def _join(self, parts, x: torch.Tensor) -> torch.Tensor:
         """Micro-batch outputs (site layout) back in the engine layout of states x."""
-        return self.plan.from_site(torch.cat(parts, lead), x.shape[: x.ndim - self.plan.event_dim], lead)
+        return self.plan.from_site(torch.cat(parts), x.shape[: x.ndim - self.plan.event_dim])
 
     def _masked(self, x: torch.Tensor, k: int, with_rewards: bool, with_grads: bool):
         """MaskedKernel.evaluate on x (R, ..., L) seen as (R, n, L): x̂_0, fill rewards, relaxed gradients."""
