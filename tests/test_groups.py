@@ -165,3 +165,10 @@ def test_gaussian_soft_value_refuses_groups():
 
     with pytest.raises(ModelError, match="without groups"):
         GaussianSoftValue(make_model(grouped_process(), Quadratic.linear([1.0, 0.0])))
+
+
+def test_learned_soft_value_refuses_groups():
+    from tilted.inference import LearnedSoftValue
+
+    with pytest.raises(ModelError, match="one value per prompt"):
+        LearnedSoftValue.fit(make_model(grouped_process(), Quadratic.linear([1.0, 0.0])), progress=False)

@@ -2,6 +2,7 @@
 
 from tilted.inference.guidance import DPS, MPGD, FreeDoM, TaylorGuidance
 from tilted.inference.importance import Importance
+from tilted.inference.learned import LearnedSoftValue
 from tilted.inference.nested import NestedIS
 from tilted.inference.potentials import GaussianSoftValue, Max, Potential, Sum, Terminal, Tweedie, Twist
 from tilted.inference.presets import das, fk_steering
@@ -20,6 +21,7 @@ __all__ = [
     "FreeDoM",
     "GaussianSoftValue",
     "Importance",
+    "LearnedSoftValue",
     "Max",
     "NestedIS",
     "Potential",

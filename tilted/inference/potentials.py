@@ -8,7 +8,9 @@ choice below: ψ only shapes the variance. With φ_k = Σ_j λ_{j,k} r_j(x̂_0(x
 - ``Max`` (FK steering): ψ_k = max(ψ_{k+1}, φ_k), the best value seen along the path;
 - ``Sum`` (FK steering): ψ_k = ψ_{k+1} + φ_k, the accumulated value along the path;
 - ``Terminal``: ψ_k = 0 before the end (importance sampling: no intermediate reward calls);
-- ``Twist(fn)``: ψ_k = fn(x_k, k), a user-supplied (e.g. learned or exact) soft value;
+- ``Twist(fn)``: ψ_k = fn(x_k, k), a user-supplied (e.g. exact) soft value;
+- ``LearnedSoftValue.fit(model)`` (:mod:`tilted.inference.learned`): a soft value fitted by Monte-Carlo
+  regression on pretrained chains;
 - ``GaussianSoftValue(model)``: the soft value under a Gaussian approximation of the denoising
   posterior, x_0 | x_k ≈ N(x̂_0(x_k), Σ_k(x_k)) with Σ_k from second-order Tweedie (see its Notes).
 
@@ -101,7 +103,8 @@ class Twist(Potential):
         self.fn = fn
 
     def __call__(self, x: torch.Tensor, k: int) -> torch.Tensor:
-        out = self.fn(x, k)
+        with torch.no_grad():  # a value only: a differentiable fn would keep every step's graph alive
+            out = self.fn(x, k)
         if not isinstance(out, torch.Tensor) or out.shape != x.shape[:2]:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ModelError(
