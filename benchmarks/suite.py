@@ -41,6 +41,8 @@ class Settings:
     unet_particles: int = 64
     unet_channels: tuple[int, int] = (32, 64)
     plot_points: int = 2000
+    learned_chains: int = 16384  # `smc-learned`: pretrained chains and Adam steps of its fit
+    learned_steps: int = 3000
 
     @classmethod
     def quick(cls) -> Settings:
@@ -54,6 +56,8 @@ class Settings:
             unet_particles=16,
             unet_channels=(8, 16),
             plot_points=400,
+            learned_chains=1024,
+            learned_steps=300,
         )
 
 
@@ -115,6 +119,7 @@ def engine_job(task_name: str, engine_name: str, settings: Settings) -> dict:
     """Run one engine ``repeats`` times on one task; return metrics of every output it gives."""
     task = make_task(task_name, settings)
     engine = engine_mod.get(engine_name)
+    engine_mod.LEARNED.update(num_chains=settings.learned_chains, steps=settings.learned_steps)
     h = bandwidth(task, settings)
     keep = task.moments is not None
     acc: dict[str, dict] = {}
@@ -149,6 +154,10 @@ def engine_job(task_name: str, engine_name: str, settings: Settings) -> dict:
             d["rewards"].append(task.point_rewards(o.points))
             d["points"].append(o.points)
             d["counts"] = {k: v / settings.points for k, v in o.counts.items()}
+            if o.setup is not None:  # a one-off cost, shared by the points of every repetition
+                d["setup"] = o.setup
+                for k in ("denoiser_calls", "reward_calls"):
+                    d["counts"][k] += o.setup[k] / (settings.points * settings.repeats)
             if o.log_evidence is not None:
                 d["log_z"].append(o.log_evidence)
             if keep and o.particles is not None:
@@ -177,6 +186,8 @@ def _summarise(task: Task, d: dict, settings: Settings) -> dict:
         "diagnostics": {name: fn(points) for name, fn in task.diagnostics.items()},
         "points": points[: settings.plot_points] if task.plot2d else None,
     }
+    if "setup" in d:
+        out["setup"] = d["setup"]
     if d["log_z"] and task.log_z is not None:
         err = torch.cat(d["log_z"]) - task.log_z
         out["log_z_abs"] = metrics.mean_se(err.abs().tolist())
@@ -199,6 +210,7 @@ _COST = {
     "smc-gauss": 4.0,
     "smc-gauss-gradient": 8.0,
     "smc-bootstrap-2x": 2.0,
+    "smc-learned": 6.0,
     "oracle-twist-prior": 2.0,
     "freedom": 2.0,
     "pretrained": 0.2,

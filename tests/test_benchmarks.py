@@ -12,7 +12,17 @@ from benchmarks.tasks import AffineGaussian, build
 from tilted.distributions import GaussianMixture
 
 RUN = {"command": "test", "date": "-", "seconds": 1.0, "cpus": 1}
-TINY = suite.Settings(points=300, repeats=2, particles=16, num_steps=10, lg_steps=10, jobs=1, plot_points=300)
+TINY = suite.Settings(
+    points=300,
+    repeats=2,
+    particles=16,
+    num_steps=10,
+    lg_steps=10,
+    jobs=1,
+    plot_points=300,
+    learned_chains=256,
+    learned_steps=50,
+)
 
 
 def test_exact_draws_score_the_floor_and_importance_with_large_n_beats_pretrained():
@@ -31,7 +41,16 @@ def test_exact_draws_score_the_floor_and_importance_with_large_n_beats_pretraine
 
 
 def test_suite_metrics_and_page(tmp_path):
-    names = ["pretrained", "importance", "smc-bootstrap", "smc-adaptive", "smc-gauss", "oracle-twist", "svdd"]
+    names = [
+        "pretrained",
+        "importance",
+        "smc-bootstrap",
+        "smc-adaptive",
+        "smc-gauss",
+        "smc-learned",
+        "oracle-twist",
+        "svdd",
+    ]
     results = suite.run(["ring", "lg2"], names, TINY, log=lambda msg: None)
     ring, lg = results["ring"], results["lg2"]
     assert set(ring["outputs"]) == set(names)
@@ -51,6 +70,12 @@ def test_suite_metrics_and_page(tmp_path):
         "reward_calls": 16 * (8 * TINY.num_steps + 1),  # + the exact final reward
         "gradient_evaluations": 32 * TINY.num_steps,
     }
+    # the learned value's fit (256 chains of K steps, one reward each) is shared by the 2 × 300 points
+    learned = ring["outputs"]["smc-learned"]
+    assert learned["setup"]["chains"] == TINY.learned_chains
+    shared = TINY.learned_chains / (TINY.points * TINY.repeats)
+    assert learned["counts"]["denoiser_calls"] == 16 * TINY.num_steps + shared * TINY.num_steps
+    assert learned["counts"]["reward_calls"] == 16 + shared
     assert "log_z_abs" not in ring["outputs"]["svdd"]  # approximate: no evidence
     # linear-Gaussian: exact log Z and moments are compared; the exact twist with the gradient proposal
     # (its locally optimal proposal) estimates log Z better than bootstrap SMC

@@ -95,6 +95,7 @@ def investigation(results: dict, probes: list[dict], figs: dict, identical: bool
         ("smc-gradient", "Tweedie", "gradient"),
         ("smc-gauss-gradient", "GaussianSoftValue", "gradient"),
         ("oracle-twist", "exact ψ_k", "gradient"),
+        ("smc-learned", "LearnedSoftValue (fitted)", "gradient"),
     )
     for name, potential, proposal in rows:
         if name in outs:
@@ -127,6 +128,17 @@ def investigation(results: dict, probes: list[dict], figs: dict, identical: bool
         "resampled (fewer resamplings per run); each resampling of 16 particles loses diversity that the final "
         "weights cannot restore.",
     ]
+    if "smc-learned" in outs and "setup" in outs["smc-learned"]:
+        fit = outs["smc-learned"]["setup"]
+        out += [
+            "",
+            f"`smc-learned` replaces the exact value by an MLP fitted to it once, by Monte-Carlo regression on "
+            f"{fit['chains']:,} pretrained chains ({fit['denoiser_calls']:,} denoiser calls, {fit['steps']:,} Adam steps, "
+            f"{fit['seconds']:.0f} s on one thread; held-out loss {fit['validation_loss']:.3f} against "
+            f"{fit['constant_loss']:.3f} for a constant): {TOP} = {_top(outs, 'smc-learned')}, EMD − floor = "
+            f"{_gap(outs, ref, 'smc-learned')}. The regression learns the *chain's* soft value, where the oracle uses "
+            "the data diffusion's, an approximation of it.",
+        ]
     lam = {o: outs[o]["lambdas"] for o in ("smc-adaptive", "smc-exp", "das") if o in outs and "lambdas" in outs[o]}
     if "smc-adaptive" in lam and len(lam["smc-adaptive"]) > 1:
         a = lam["smc-adaptive"]

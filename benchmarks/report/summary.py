@@ -12,6 +12,7 @@ SMC_ENGINES = (
     "smc-gradient",
     "smc-gauss",
     "smc-gauss-gradient",
+    "smc-learned",
     "smc-exp",
     "smc-adaptive",
     "fk-max",
