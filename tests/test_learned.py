@@ -19,7 +19,7 @@ from test_smc import assert_moments_match, gaussian_process, make_model, z_for
 from tilted.distributions import MaskedDiffusion, TabularSequences
 from tilted.errors import ModelError
 from tilted.inference import SMC, LearnedSoftValue, Twist
-from tilted.inference.learned import U_MAX, soft_value_loss
+from tilted.inference.learned import CHECKS, U_MAX, soft_value_loss
 from tilted.reference import LinearGaussianChain
 from tilted.rewards import Quadratic
 
@@ -73,6 +73,34 @@ def test_fit_recovers_the_exact_soft_value(fitted):
         assert float((err - err.mean()).std()) <= 0.1, k
         x = process.draw_transition(x, k, gen)
     assert value.training["validation_loss"] < value.training["constant_loss"]
+
+
+def test_early_stopping_keeps_the_best_held_out_weights(fitted):
+    """The kept weights are those of the lowest held-out loss among the CHECKS evaluations, and they give it."""
+    process, model, value = fitted
+    history = value.training["validation_history"]
+    assert len(history) == CHECKS and history[-1][0] == FIT["steps"]
+    best_step, best_loss = min(history, key=lambda h: h[1])
+    assert value.training["best_step"] == best_step
+    assert value.training["validation_loss"] == pytest.approx(best_loss, rel=1e-6)
+
+
+class Stuck(torch.nn.Module):
+    """A network that predicts 20 nats too much everywhere and barely learns (tiny lr): worse than a constant."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, z, t):
+        return 20 + self.w * z.flatten(1).sum(-1)
+
+
+def test_a_fit_no_better_than_a_constant_warns():
+    model = make_model(gaussian_process(MEAN, COV, num_steps=3), REWARD, ALPHA)
+    with pytest.warns(UserWarning, match="no better than a constant"):
+        value = LearnedSoftValue.fit(model, num_chains=64, steps=5, lr=1e-9, net=Stuck(), progress=False)
+    assert value.training["validation_loss"] > value.training["constant_loss"]
 
 
 def test_level_zero_is_the_exact_reward_and_levels_are_checked(fitted):

@@ -21,8 +21,10 @@ lands on its EMD floor at N = 16 with it (docs/benchmarks.md), where the Tweedie
 
 from __future__ import annotations
 
+import copy
 import math
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -36,6 +38,8 @@ from tilted.plan import read_plan
 
 #: the loss follows its tangent for u = y − f above this many nats
 U_MAX = 30.0
+#: held-out evaluations during a fit (early stopping keeps the best of them)
+CHECKS = 20
 
 
 def soft_value_loss(f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -133,8 +137,10 @@ class LearnedSoftValue(Twist):
         ``net(z, t)`` maps standardised states (B, *E) and t = k/K (B,) to (B,) (default: a
         :class:`ValueMLP` with ``hidden`` units and ``depth`` layers). Each step draws ``minibatch``
         (chain, level) pairs from the training chains; the last ``validation`` fraction of chains is held
-        out and its loss recorded in ``training["validation_loss"]`` (with the loss of the constant value
-        c beside it, ``training["constant_loss"]``: the fit explains something when it is lower).
+        out: its loss is evaluated ``CHECKS`` times during the fit and the weights with the lowest one are kept
+        (early stopping; ``training["validation_history"]``, ``training["best_step"]``). That loss is
+        ``training["validation_loss"]``, beside the loss of the constant value c, ``training["constant_loss"]``;
+        a fit that does no better than the constant warns.
         ``batch_size`` bounds the chains simulated (and particles evaluated) at once. Cost:
         ``num_chains``·K denoiser calls and ``num_chains`` reward calls per factor, once.
         """
@@ -167,7 +173,9 @@ class LearnedSoftValue(Twist):
         bar = tqdm(
             range(steps), desc="LearnedSoftValue.fit", disable=None if progress is None else not progress, leave=False
         )
-        for _ in bar:
+        checks = set(torch.linspace(0, steps, CHECKS + 1).round().long()[1:].tolist())
+        history, best = [], (math.inf, None)
+        for step in bar:
             chain = torch.randint(0, C, (minibatch,), generator=gen, device=device)
             level = torch.randint(0, K, (minibatch,), generator=gen, device=device)
             f = value._regress(train_states[level, chain], level)
@@ -179,7 +187,19 @@ class LearnedSoftValue(Twist):
             optimiser.step()
             schedule.step()
             bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+            if step + 1 in checks:  # early stopping: keep the weights with the lowest held-out loss
+                history.append((step + 1, value._validate(states[:, val], y[val])[0]))
+                if history[-1][1] < best[0]:
+                    best = (history[-1][1], copy.deepcopy(net.state_dict()))
+        net.load_state_dict(best[1])
         val_loss, constant = value._validate(states[:, val], y[val])
+        if not val_loss < constant:
+            warnings.warn(
+                f"the fitted soft value does no better than a constant on held-out chains (loss {val_loss:.4g} "
+                f"against {constant:.4g}): SMC stays exact but gains nothing from it. Use more chains, a smaller "
+                "network or fewer steps",
+                stacklevel=2,
+            )
         value.training = {
             "chains": num_chains,
             "held_out": held,
@@ -189,6 +209,8 @@ class LearnedSoftValue(Twist):
             "minibatch": minibatch,
             "validation_loss": val_loss,
             "constant_loss": constant,
+            "best_step": min(history, key=lambda h: h[1])[0],
+            "validation_history": history,
             "seconds": time.perf_counter() - start,
         }
         return value
