@@ -27,8 +27,8 @@ denoiser-call budgets**. Regenerate everything on this page (tables and `docs/fi
   pretrained sampling uses K calls per point. Counts are read from `result.counts` (for `GaussianSoftValue` they
   include its own denoiser calls, Jacobian products and reward calls). `smc-learned` fits its
   `LearnedSoftValue` once per task on 16,384 pretrained chains; those K·16,384 denoiser calls and 16,384 reward
-  calls are shared by all its output points and added to its counts per point (+82 on the toys); its wall time
-  per repetition excludes the fit, which is stated in the ring section.
+  calls are shared by all its output points and added to its counts per point (+164 on the toys: 1.6 M calls
+  over 10,000 points); its wall time per repetition excludes the fit, which is stated in the ring section.
 - **Analytic denoisers.** The toys' data law is `benchmarks.tasks.IsotropicMixture` and the linear-Gaussian
   one `benchmarks.tasks.AffineGaussian`: subclasses of `tilted.distributions.GaussianMixture` with the same law
   and the same x̂₀ (equal to 1e-10, tests/test_benchmarks.py), written for their special case (shared
