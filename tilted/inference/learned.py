@@ -191,6 +191,8 @@ class LearnedSoftValue(Twist):
                 history.append((step + 1, value._validate(states[:, val], y[val])[0]))
                 if history[-1][1] < best[0]:
                     best = (history[-1][1], copy.deepcopy(net.state_dict()))
+        if best[1] is None:
+            raise NonFiniteError("the held-out soft-value loss was never finite; check the network and the rewards")
         net.load_state_dict(best[1])
         val_loss, constant = value._validate(states[:, val], y[val])
         if not val_loss < constant:
