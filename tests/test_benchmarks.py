@@ -8,6 +8,7 @@ import math
 import torch
 
 from benchmarks import engines, metrics, report, suite
+from benchmarks.report.summary import verdict
 from benchmarks.tasks import AffineGaussian, build
 from tilted.distributions import GaussianMixture
 
@@ -22,6 +23,7 @@ TINY = suite.Settings(
     plot_points=300,
     learned_chains=256,
     learned_steps=50,
+    verdict_repeats=3,
 )
 
 
@@ -54,8 +56,11 @@ def test_suite_metrics_and_page(tmp_path):
     results = suite.run(["ring", "lg2"], names, TINY, log=lambda msg: None)
     ring, lg = results["ring"], results["lg2"]
     assert set(ring["outputs"]) == set(names)
+    # the declared verdict engine and the floors get more repetitions on the toys, and only there
+    assert len(ring["reference"]["emd"]) == ring["outputs"]["smc-learned"]["repeats"] == TINY.verdict_repeats
+    assert len(lg["reference"]["emd"]) == lg["outputs"]["smc-learned"]["repeats"] == TINY.repeats
+    assert ring["outputs"]["smc-bootstrap"]["repeats"] == TINY.repeats
     for res in (ring, lg):
-        assert len(res["reference"]["emd"]) == TINY.repeats
         for m in res["outputs"].values():
             assert all(math.isfinite(v) and v > 0 for v in m["emd_values"])
             assert m["counts"]["denoiser_calls"] > 0
@@ -70,10 +75,10 @@ def test_suite_metrics_and_page(tmp_path):
         "reward_calls": 16 * (8 * TINY.num_steps + 1),  # + the exact final reward
         "gradient_evaluations": 32 * TINY.num_steps,
     }
-    # the learned value's fit (256 chains of K steps, one reward each) is shared by the 2 × 300 points
+    # the learned value's fit (256 chains of K steps, one reward each) is shared by the 3 × 300 points
     learned = ring["outputs"]["smc-learned"]
     assert learned["setup"]["chains"] == TINY.learned_chains
-    shared = TINY.learned_chains / (TINY.points * TINY.repeats)
+    shared = TINY.learned_chains / (TINY.points * TINY.verdict_repeats)
     assert learned["counts"]["denoiser_calls"] == 16 * TINY.num_steps + shared * TINY.num_steps
     assert learned["counts"]["reward_calls"] == 16 + shared
     assert "log_z_abs" not in ring["outputs"]["svdd"]  # approximate: no evidence
@@ -85,8 +90,25 @@ def test_suite_metrics_and_page(tmp_path):
     path = report.write(results, None, suite.settings_dict(TINY), RUN, tmp_path)
     text = path.read_text()
     assert "| `smc-bootstrap` |" in text and "floor" in text
+    assert "`verdict_engine` = `smc-learned`" in text and "On both toys:" in text
     assert (tmp_path / "figures" / "bench_toys.png").exists()
     assert (tmp_path / "figures" / "bench_ring_value.png").exists()
+
+
+def test_verdict_pairs_each_repetition_with_its_floor_and_reads_the_upper_bound():
+    """Gaps are paired by repetition (an engine with fewer repetitions uses the first floors); the verdict
+    is "no" above the margin, "clearly" when mean + 1.645 s.e. is within it, else "within noise"."""
+    floors = [0.20, 0.21, 0.19, 0.20]
+    ref = {"emd": floors}
+
+    def out(gaps):
+        return {"emd_values": [f + g for f, g in zip(floors, gaps, strict=False)]}
+
+    g, upper, word = verdict(out([0.01, 0.01, 0.01, 0.01]), ref)
+    assert math.isclose(g[0], 0.01) and g[1] < 1e-12 and word == "**yes**, clearly"
+    g, upper, word = verdict(out([0.0, 0.05]), ref)  # two repetitions: the first two floors
+    assert math.isclose(g[0], 0.025) and math.isclose(upper, 0.025 + 1.645 * 0.025) and word == "**yes**, within noise"
+    assert verdict(out([0.04, 0.03, 0.05]), ref)[2] == "**no**"
 
 
 def test_discrete_task_total_variation_and_page(tmp_path):

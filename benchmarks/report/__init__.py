@@ -48,7 +48,7 @@ def write(results: dict, overhead: dict | None, settings: dict, run_info: dict, 
         f"settings: {settings}.",
         "",
     ]
-    lines += summary(results, overhead)
+    lines += summary(results, overhead, settings)
     if figs["emd"]:
         lines += [f"![EMD](figures/{figs['emd']})", ""]
     for res in results.values():
@@ -56,7 +56,7 @@ def write(results: dict, overhead: dict | None, settings: dict, run_info: dict, 
             lines += toy_section(res, settings)
     if figs["toys"]:
         lines += [f"![toys](figures/{figs['toys']})", ""]
-    lines += investigation(results, probes, figs, identical, settings["points"])
+    lines += investigation(results, probes, figs, identical, settings)
     lines += lg_section(results, figs)
     lines += discrete_section(results, settings)
     lines += overhead_section(overhead)

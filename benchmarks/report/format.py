@@ -29,9 +29,11 @@ def mean_se(values) -> tuple[float, float]:
 
 
 def gap(output: dict, reference: dict, metric: str = "emd") -> tuple[float, float]:
-    """metric − floor, paired by repetition (``emd``: the EMD values; ``tv``: total variation)."""
+    """metric − floor, paired by repetition r with the floor of the same r (``emd``: the EMD values;
+    ``tv``: total variation). An engine with fewer repetitions than the floors uses the first ones."""
     values = output["emd_values"] if metric == "emd" else output["tv_values"]
-    return mean_se(a - b for a, b in zip(values, reference[metric], strict=True))
+    floors = reference[metric][: len(values)]
+    return mean_se(a - b for a, b in zip(values, floors, strict=True))
 
 
 def header(names: list[str]) -> list[str]:

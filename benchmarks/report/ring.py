@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from benchmarks.report.format import fmt, gap, header, mean_se, resamplings, row
-from benchmarks.report.summary import MARGIN, SMC_ENGINES, best_smc
+from benchmarks.report.summary import MARGIN, SMC_ENGINES, verdict
 
 TOP = "P(y > 0)"
 
@@ -18,21 +18,17 @@ def _top(outs: dict, name: str) -> str:
     return f"{outs[name]['diagnostics'][TOP]:.3f}" if name in outs else "—"
 
 
-def investigation(results: dict, probes: list[dict], figs: dict, identical: bool | None, points: int) -> list[str]:
+def investigation(results: dict, probes: list[dict], figs: dict, identical: bool | None, settings: dict) -> list[str]:
     if "ring" not in results:
         return []
     res = results["ring"]
     ref, outs = res["reference"], res["outputs"]
-    best = best_smc(outs)
-    if best is None:
-        return []
-    g = gap(outs[best], ref)
+    points, engine = settings["points"], settings["verdict_engine"]
     out = ["## Why the ring is harder (investigation)", ""]
-    out += [
-        f"Best SMC engine at N = 16 on the ring: `{best}`, EMD − floor = {fmt(g)} "
-        f"({'within' if g[0] <= MARGIN else 'not within'} {MARGIN}). What we ruled out and what we found:",
-        "",
-    ]
+    if engine in outs:
+        g, _, word = verdict(outs[engine], ref)
+        out += [f"The declared engine `{engine}` on the ring: EMD − floor = {fmt(g)}, lands: {word}."]
+    out += ["What we ruled out and what we found:", ""]
     if ref["chain_vs_data"]:
         out += [
             f"- **Not the chain-vs-data-law bias.** Untilted, the pretrained chain is at EMD "
@@ -107,7 +103,7 @@ def investigation(results: dict, probes: list[dict], figs: dict, identical: bool
     if {"smc-gauss", "smc-bootstrap-2x"} <= set(outs):  # equal denoiser budgets, paired by repetition
         a, b = outs["smc-gauss"]["emd_values"], outs["smc-bootstrap-2x"]["emd_values"]
         d = mean_se(x - y for x, y in zip(a, b, strict=True))
-        verdict = (
+        outcome = (
             "no significant difference (|difference| < 2 s.e.)"
             if abs(d[0]) < 2 * d[1]
             else ("the better value wins" if d[0] < 0 else "more particles win")
@@ -116,11 +112,11 @@ def investigation(results: dict, probes: list[dict], figs: dict, identical: bool
             "",
             f"At equal denoiser budgets (`smc-gauss` against `smc-bootstrap-2x`, both "
             f"{outs['smc-gauss']['counts']['denoiser_calls']:.0f} calls per point) the EMD difference is "
-            f"{fmt(d)}: {verdict}.",
+            f"{fmt(d)}: {outcome}.",
         ]
     out += [
         "",
-        f"Within {MARGIN} of the floor in this run: "
+        f"Within {MARGIN} of the floor (mean) in this run: "
         + (", ".join(f"`{n}`" for n in landed) if landed else "none of them")
         + ". The Gaussian potential costs a second denoiser evaluation per particle and step (it is a twist: the "
         "engine's own x̂₀ is not shared with it) and d = 2 vector–Jacobian products; `smc-bootstrap-2x` spends the "

@@ -20,7 +20,8 @@ def toy_section(res: dict, settings: dict) -> list[str]:
     out = [f"## {task['title']}", "", task["description"], ""]
     out += [
         f"K = {task['num_steps']} steps, N = {settings['particles']} particles per run, "
-        f"{settings['points']} points × {settings['repeats']} repetitions; MMD bandwidth h = {ref['bandwidth']:.3f}. "
+        f"{settings['points']} points × {settings['repeats']} repetitions (`{settings['verdict_engine']}` and the "
+        f"floor: {len(ref['emd'])}); MMD bandwidth h = {ref['bandwidth']:.3f}. "
         f"log Z of the tilted data law = {task['log_z']:.4f} (the chain's log Z differs slightly: "
         "the log Ẑ column is indicative only).",
         "",
