@@ -27,15 +27,20 @@ denoiser-call budgets**. Regenerate everything on this page (tables and `docs/fi
   pretrained sampling uses K calls per point. Counts are read from `result.counts` (for `GaussianSoftValue` they
   include its own denoiser calls, Jacobian products and reward calls). `smc-learned` fits its
   `LearnedSoftValue` once per task on 16,384 pretrained chains; those K·16,384 denoiser calls and 16,384 reward
-  calls are shared by all its output points and added to its counts per point (+164 on the toys: 1.6 M calls
-  over 10,000 points); its wall time per repetition excludes the fit, which is stated in the ring section.
+  calls are shared by all its output points and added to its counts per point (on the toys 1.6 M calls over
+  its 30 × 2,000 points, +27 per point; over 5 × 2,000 points it would be +164); its wall time per
+  repetition excludes the fit, which is stated in the ring section.
 - **Analytic denoisers.** The toys' data law is `benchmarks.tasks.IsotropicMixture` and the linear-Gaussian
   one `benchmarks.tasks.AffineGaussian`: subclasses of `tilted.distributions.GaussianMixture` with the same law
   and the same x̂₀ (equal to 1e-10, tests/test_benchmarks.py), written for their special case (shared
   isotropic covariance; one component) because the general `GaussianMixture.posterior_mean` is 2–10× slower
   there. The overhead section uses the library's `GaussianMixture` itself.
 - **Repetitions.** Everything is repeated 5 times with fresh seeds (10,000 runs per engine and task);
-  tables give mean ± standard error over repetitions (per-run errors: mean ± s.e. over all runs).
+  tables give mean ± standard error over repetitions (per-run errors: mean ± s.e. over all runs). On the
+  DAS toys the engine that decides the verdict, `smc-learned`, declared before the run
+  (`Settings.verdict_engine`), and the floors are repeated 30 times: one repetition's EMD moves by about
+  ±0.05 from the binomial noise of the mode fractions alone (ring), so 5 repetitions cannot separate a gap
+  of 0.01 from one of 0.05, and the smallest of several engines' 5-repetition gaps is biased low.
 - **Exact references.** DAS toys: the tilted *data* law, a Gaussian mixture from `tilted.reference.tilt_mixture`.
   The 100-step chain's own law differs slightly from the data law; the row "pretrained chain vs data law"
   measures that gap (EMD between chain draws and data draws, beside the floor of two data draws), and the
