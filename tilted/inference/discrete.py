@@ -166,7 +166,9 @@ def relaxed_gradients(factors, P: torch.Tensor) -> torch.Tensor:
 
 
 class MaskedKernel:
-    """What SMC does differently on a :class:`MaskedDiffusion`: evaluations on fills and categorical moves.
+    """What SMC does on a :class:`MaskedDiffusion`: evaluations on fills and categorical moves.
+
+    The masked counterpart of :class:`~tilted.inference.proposals.GaussianKernel`, with the same methods.
 
     Parameters
     ----------
@@ -174,16 +176,16 @@ class MaskedKernel:
         The masked diffusion.
     fill, num_fills
         How rewards are read off x̂_0 (module docstring): ``"soft"`` with M fills, or ``"argmax"``.
-    gradient
-        Whether moves use the Taylor proposal (else the prior kernel).
     """
 
-    def __init__(self, process: MaskedDiffusion, fill: str = "soft", num_fills: int = 4, gradient: bool = False):
+    #: x_K is all masks, a point mass: there is nothing for a proposal to tilt
+    tilts_initial = False
+
+    def __init__(self, process: MaskedDiffusion, fill: str = "soft", num_fills: int = 4):
         check_fill(fill, num_fills)
         self.process = process
         self.fill = fill
         self.num_fills = num_fills if fill == "soft" else 1
-        self.gradient = gradient
         self.uniforms: torch.Tensor | None = None  # (R, M, L), drawn at the first evaluation of a run
 
     def evaluate(self, plan, x, k, with_rewards, with_grads, generator, counts, batch_size=None):
@@ -210,12 +212,15 @@ class MaskedKernel:
             counts.gradient_evaluations += F * n
         return x0.reshape(R, N, L, -1), rewards, grads
 
-    def move(self, state, k: int, coef: torch.Tensor, generator=None):
-        """x_k → x_{k-1}: the prior kernel, or its Taylor tilt with g = Σ_j coef_j ∇r_j (coef (F, R) = λ/α)."""
+    phi = staticmethod(fill_potential)
+
+    def initial(self, shape, drift=None, generator=None):
+        """x_K: all masks (q = p, log ratio 0)."""
+        x = self.process.draw_initial(tuple(shape))
+        return x, torch.zeros(tuple(shape), dtype=F64, device=x.device)
+
+    def move(self, state, k: int, gradient: torch.Tensor | None = None, generator=None):
+        """x_k → x_{k-1}: the prior kernel, or its Taylor tilt by g = Σ_j (λ_j/α_j) ∇r_j at x̂_0 (R, N, L, V)."""
         probs = self.process.transition_probs(state.x, k, state.x0)
-        tilt = None
-        if self.gradient and state.grads is not None and state.grads.shape[0]:
-            c = coef.to(F64).reshape(coef.shape + (1, 1, 1))
-            g = (c * state.grads).sum(0)
-            tilt = taylor_tilt(g, state.x0, state.x == self.process.mask_id)
+        tilt = None if gradient is None else taylor_tilt(gradient, state.x0, state.x == self.process.mask_id)
         return masked_move(probs, tilt, generator)

@@ -1,4 +1,4 @@
-"""Proposals for a Gaussian move x_k → x_{k-1}, with their exact log-density ratio.
+"""Gaussian moves x_k → x_{k-1} with their exact log-density ratio, and :class:`GaussianKernel`.
 
 The prior kernel is p = N(μ, σ²I). The gradient-guided ("locally optimal", TDS/DAS) proposal is
 q = N(μ + σ² g, σ²I), g = ∇ψ_{k-1} at x_k: the first-order approximation of p · exp(ψ_{k-1}).
@@ -7,13 +7,22 @@ For a draw x' = μ + σ²g + σε,
     log p(x') − log q(x') = (‖x' − μ − σ²g‖² − ‖x' − μ‖²) / (2σ²),
 
 summed over the event dimensions. With g = 0 this is the prior (bootstrap) proposal, ratio 0.
+
+:class:`GaussianKernel` is what :class:`~tilted.inference.SMC` builds for a
+:class:`~tilted.distributions.GaussianDiffusion` (its masked counterpart is
+:class:`~tilted.inference.discrete.MaskedKernel`): both evaluate x̂_0 with the rewards and their
+gradients, turn rewards into the tempered potential φ, draw x_K, and move the particles.
 """
 
 from __future__ import annotations
 
 import torch
 
+from tilted.distributions.gaussian import GaussianDiffusion
+from tilted.errors import ModelError
+
 PROPOSALS = ("prior", "gradient")
+F64 = torch.float64
 
 
 def gaussian_move(
@@ -27,10 +36,70 @@ def gaussian_move(
     noise = sigma * torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
     batch = mean.shape[: mean.ndim - event_dim]
     if drift is None:
-        return mean + noise, torch.zeros(batch, dtype=torch.float64, device=mean.device)
+        return mean + noise, torch.zeros(batch, dtype=F64, device=mean.device)
     shift = sigma**2 * drift.to(mean.dtype)
     x = mean + shift + noise
     dims = tuple(range(mean.ndim - event_dim, mean.ndim))
-    n, d = noise.to(torch.float64), (noise + shift).to(torch.float64)
+    n, d = noise.to(F64), (noise + shift).to(F64)
     log_ratio = ((n**2).sum(dims) - (d**2).sum(dims)) / (2 * sigma**2)
     return x, log_ratio
+
+
+class GaussianKernel:
+    """What SMC does on a :class:`GaussianDiffusion`: x̂_0 and reward gradients through the denoiser, Gaussian moves."""
+
+    #: x_K ~ N(0, I) has a density, so the gradient proposal can tilt it
+    tilts_initial = True
+
+    def __init__(self, process: GaussianDiffusion):
+        self.process = process
+        self.event_dim = len(process.event_shape)
+
+    def evaluate(self, plan, x, k, with_rewards, with_grads, generator, counts, batch_size=None):
+        """x̂_0(x) (R, N, *E), rewards r_j(x̂_0) (F, R, N) and gradients ∇_x r_j(x̂_0(x)) (F, R, N, *E) at level k."""
+        shape, F = x.shape, len(plan.factors)
+        x0s, rs, gs = [], [], []
+        for chunk in plan.chunks(x, 2, batch_size):  # site layout (b, [P], *E)
+            with torch.set_grad_enabled(with_grads):
+                xc = chunk.detach().requires_grad_(with_grads)
+                x0 = self.process.predict(xc, k)
+                r = plan.rewards(x0) if with_rewards else None
+                if with_grads and F:
+                    if not r.requires_grad:
+                        raise ModelError(
+                            "the gradient proposal needs rewards differentiable through the denoiser; "
+                            f"{[f.name for f in plan.factors]} gave no gradient. Use proposal='prior'"
+                        )
+                    gs.append(
+                        torch.stack([torch.autograd.grad(r[j].sum(), xc, retain_graph=j < F - 1)[0] for j in range(F)])
+                    )
+            x0s.append(x0.detach())
+            rs.append(None if r is None else r.detach())
+        n = shape[0] * shape[1]
+        counts.denoiser_calls += n
+        x0 = plan.from_site(torch.cat(x0s), shape[:2])
+        rewards = plan.from_site(torch.cat(rs, 1), shape[:2], lead=1) if with_rewards else None
+        if with_rewards:
+            counts.reward_calls += F * n
+        grads = None
+        if with_grads:
+            grads = plan.from_site(torch.cat(gs, 1), shape[:2], lead=1) if F else x.new_zeros((0,) + shape)
+            counts.gradient_evaluations += F * n
+        return x0, rewards, grads
+
+    @staticmethod
+    def phi(rewards: torch.Tensor, lambdas: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        """φ = Σ_j λ_j r_j/α_j from rewards (F, R, N), λ (F, R), α (F,): (R, N) float64."""
+        return (lambdas[:, :, None] * rewards.to(F64) / alpha[:, None, None]).sum(0)
+
+    def initial(self, shape, drift, generator=None):
+        """x_K ~ N(g, I) (the prior N(0, I) for g = None) for a batch ``shape``, with log p − log q."""
+        mean = torch.zeros(tuple(shape) + tuple(self.process.event_shape), device=self.process.device)
+        return gaussian_move(mean, 1.0, drift, self.event_dim, generator)
+
+    def move(self, state, k: int, drift, generator=None):
+        """x_k → x_{k-1} ~ N(μ + σ²g, σ²I) (deterministic steps: x_{k-1} = μ), with log p − log q."""
+        if self.process.is_deterministic(k):
+            return self.process.transition_moments(state.x, k, state.x0)[0], torch.zeros_like(state.psi)
+        mean, sigma = self.process.transition_moments(state.x, k, state.x0)
+        return gaussian_move(mean, sigma, drift, self.event_dim, generator)

@@ -32,9 +32,9 @@ from tilted._random import Seed, as_generator
 from tilted.distributions.gaussian import GaussianDiffusion
 from tilted.distributions.masked import MaskedDiffusion
 from tilted.errors import DegenerateWeightsError, ModelError, NoDensityError, NonFiniteError
-from tilted.inference.discrete import MaskedKernel, check_fill, fill_potential
+from tilted.inference.discrete import MaskedKernel, check_fill
 from tilted.inference.potentials import Potential, Terminal, Twist, as_potential
-from tilted.inference.proposals import PROPOSALS, gaussian_move
+from tilted.inference.proposals import PROPOSALS, GaussianKernel
 from tilted.inference.resampling import get_resampler
 from tilted.inference.result import Counts, Result, StepInfo, collect
 from tilted.inference.weights import ess, normalize
@@ -151,19 +151,20 @@ class SMC:
         self.batch_size = batch_size
         self.progress = progress
         self.fill, self.num_fills = fill, num_fills
-        self._discrete: MaskedKernel | None = None
+        self._kernel: GaussianKernel | MaskedKernel | None = None
 
     # -- configuration read from the model ---------------------------------------------------
     def _setup(self, plan: Plan) -> None:
         process = plan.process
-        self._discrete = None
         if isinstance(process, MaskedDiffusion):  # categorical moves and fill potentials (inference.discrete)
             if self.proposal == "gradient" and isinstance(self.potential, Twist):
                 raise ModelError(
                     "the Taylor proposal differentiates the rewards at x̂_0, not a twist; use proposal='prior'"
                 )
-            self._discrete = MaskedKernel(process, self.fill, self.num_fills, self.proposal == "gradient")
-        elif not isinstance(process, GaussianDiffusion):
+            self._kernel = MaskedKernel(process, self.fill, self.num_fills)
+        elif isinstance(process, GaussianDiffusion):  # Gaussian moves (inference.proposals)
+            self._kernel = GaussianKernel(process)
+        else:
             raise ModelError(
                 f"{type(self).__name__} runs Gaussian and masked diffusion processes, got {type(process).__name__}"
             )
@@ -203,40 +204,8 @@ class SMC:
 
     # -- evaluations ------------------------------------------------------------------------
     def _evaluate(self, plan: Plan, x: torch.Tensor, k: int, with_rewards: bool, with_grads: bool, generator=None):
-        """x̂_0(x), rewards (F, R, N) and reward gradients (F, R, N, *E) at level k, in micro-batches."""
-        if self._discrete is not None:  # rewards of fills (F, R, N, M), gradients at the relaxed x̂_0
-            return self._discrete.evaluate(
-                plan, x, k, with_rewards, with_grads, generator, self.counts, self.batch_size
-            )
-        process, shape, F = plan.process, x.shape, len(plan.factors)
-        x0s, rs, gs = [], [], []
-        for chunk in plan.chunks(x, 2, self.batch_size):  # site layout (b, [P], *E)
-            with torch.set_grad_enabled(with_grads):
-                xc = chunk.detach().requires_grad_(with_grads)
-                x0 = process.predict(xc, k)
-                r = plan.rewards(x0) if with_rewards else None
-                if with_grads and F:
-                    if not r.requires_grad:
-                        raise ModelError(
-                            "the gradient proposal needs rewards differentiable through the denoiser; "
-                            f"{[f.name for f in plan.factors]} gave no gradient. Use proposal='prior'"
-                        )
-                    gs.append(
-                        torch.stack([torch.autograd.grad(r[j].sum(), xc, retain_graph=j < F - 1)[0] for j in range(F)])
-                    )
-            x0s.append(x0.detach())
-            rs.append(None if r is None else r.detach())
-        n = shape[0] * shape[1]
-        self.counts.denoiser_calls += n
-        x0 = plan.from_site(torch.cat(x0s), shape[:2])
-        rewards = plan.from_site(torch.cat(rs, 1), shape[:2], lead=1) if with_rewards else None
-        if with_rewards:
-            self.counts.reward_calls += F * n
-        grads = None
-        if with_grads:
-            grads = plan.from_site(torch.cat(gs, 1), shape[:2], lead=1) if F else x.new_zeros((0,) + shape)
-            self.counts.gradient_evaluations += F * n
-        return x0, rewards, grads
+        """x̂_0(x), rewards (F, R, N[, M]) and reward gradients (F, R, N, …) at level k, in micro-batches."""
+        return self._kernel.evaluate(plan, x, k, with_rewards, with_grads, generator, self.counts, self.batch_size)
 
     def _final_rewards(self, plan: Plan, x: torch.Tensor) -> torch.Tensor:
         r = plan.rewards_at(x, 2, self.batch_size)
@@ -249,7 +218,7 @@ class SMC:
         return rows[0] if rows.shape[0] else state.lambdas.new_zeros(state.x.shape[0])
 
     def _drift(self, plan: Plan, state: State, k: int, lambdas: torch.Tensor) -> torch.Tensor | None:
-        """g = ∇ψ_{k-1} at x_k: Σ_j (λ_j/α_j) ∇r_j(x̂_0(x_k)), or the twist's gradient."""
+        """g = ∇ψ_{k-1} at x_k: Σ_j (λ_j/α_j) ∇r_j(x̂_0(x_k)) (masked: at the relaxed x̂_0), or the twist's gradient."""
         if not self._gradient:
             return None
         if isinstance(self.potential, Twist):
@@ -265,10 +234,7 @@ class SMC:
         """φ = Σ_j λ_j r_j / α_j per particle (R, N), float64."""
         if rewards is None or not len(plan.factors):
             return torch.zeros(ref.shape[:2], dtype=torch.float64, device=ref.device)
-        if self._discrete is not None:
-            return fill_potential(rewards, lambdas, self._alpha)
-        alpha = self._alpha[:, None, None]
-        return (lambdas[:, :, None] * rewards.to(torch.float64) / alpha).sum(0)
+        return self._kernel.phi(rewards, lambdas, self._alpha)
 
     # -- the Feynman–Kac system ---------------------------------------------------------------
     def init(self, plan: Plan, generator: torch.Generator | None = None) -> tuple[State, StepInfo]:
@@ -279,7 +245,7 @@ class SMC:
         lam = self._lambdas_at(0, torch.zeros(R, dtype=torch.float64, device=device))
         needs = self.potential.uses_rewards
         drift = None
-        if self._gradient and self._discrete is None and (not needs or bool((lam != 0).any())):
+        if self._gradient and self._kernel.tilts_initial and (not needs or bool((lam != 0).any())):
             origin = torch.zeros((P, 1) + process.event_shape, device=device)  # one probe per group
             probe = State(
                 K, origin, None, None, None, origin.new_zeros(P, 1, dtype=torch.float64), None, None, lam[:, :P]
@@ -289,11 +255,7 @@ class SMC:
                 probe = replace(probe, grads=grads)
             drift = self._drift(plan, probe, K + 1, lam[:, :P])
             drift = None if drift is None else drift.repeat((R // P,) + (1,) * (drift.ndim - 1))
-        if self._discrete is not None:  # x_K is all masks, a point mass: q = p
-            x, log_ratio = process.draw_initial((R, N)), torch.zeros((R, N), dtype=torch.float64, device=device)
-        else:
-            mean = torch.zeros((R, N) + process.event_shape, device=device)
-            x, log_ratio = gaussian_move(mean, 1.0, drift, len(process.event_shape), generator)
+        x, log_ratio = self._kernel.initial((R, N), drift, generator)
         x0, rewards, grads = self._evaluate(plan, x, K, needs, self._gradient and needs, generator)
         psi = self.potential.start(self._phi(plan, rewards, lam, x), x, K)
         state = State(
@@ -313,17 +275,10 @@ class SMC:
         """Move x_k → x_{k-1}, weight by G_k, and (maybe) resample: the state at level k − 1."""
         process, k = plan.process, state.level
         s, last = process.num_steps - k + 1, k == 1
-        event_dim = len(process.event_shape)
         # the drift uses λ of the next level; adaptive factors (λ not chosen yet) use their current λ
         lam_guide = self._lambdas_at(s, self._adaptive_lambda(state))
-        if self._discrete is not None:  # the prior categorical kernel or its Taylor tilt, g = Σ_j (λ_j/α_j) ∇r_j
-            x_new, log_ratio = self._discrete.move(state, k, lam_guide / self._alpha[:, None], generator)
-        elif process.is_deterministic(k):
-            x_new = process.transition_moments(state.x, k, state.x0)[0]
-            log_ratio = torch.zeros_like(state.psi)
-        else:
-            mean, sigma = process.transition_moments(state.x, k, state.x0)
-            x_new, log_ratio = gaussian_move(mean, sigma, self._drift(plan, state, k, lam_guide), event_dim, generator)
+        drift = None if process.is_deterministic(k) else self._drift(plan, state, k, lam_guide)  # nothing to tilt
+        x_new, log_ratio = self._kernel.move(state, k, drift, generator)
         if last:
             exact = state.rewards if process.is_deterministic(k) and state.rewards is not None else None
             rewards = self._final_rewards(plan, x_new) if exact is None else exact
@@ -420,7 +375,7 @@ class SMC:
             "resample_every": self.resample_every,
             "resample_window": self.resample_window,
             "tempering": repr(self.tempering),
-            **({"fill": self.fill, "num_fills": self.num_fills} if self._discrete is not None else {}),
+            **({"fill": self.fill, "num_fills": self.num_fills} if isinstance(self._kernel, MaskedKernel) else {}),
         }
 
 
