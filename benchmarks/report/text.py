@@ -7,8 +7,8 @@ HEADER = """# Benchmarks
 Quality against compute for every engine of `tilted`, on targets whose exact law is known, at **equal
 denoiser-call budgets**. Regenerate everything on this page (tables and `docs/figures/bench_*.png`) with
 
-    ./run bench                # full suite (a few minutes on 2 CPU cores)
-    ./run bench --quick        # smoke version (under a minute; writes to a temporary folder)
+    ./run bench                # full suite (about 40 minutes on 2 CPU cores)
+    ./run bench --quick        # smoke version (about a minute; writes to a temporary folder)
     ./run bench --tasks ring overhead --out docs
 
 ## Method
