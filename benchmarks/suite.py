@@ -51,6 +51,14 @@ class Settings:
     verdict_engine: str = "smc-learned"  # declared in advance: its gaps on the toys decide "lands?"
     verdict_repeats: int = 30  # its repetitions (and the floors') on the toys
 
+    def __post_init__(self):
+        if self.verdict_engine not in engine_mod.ENGINE_NAMES:
+            raise ValueError(f"verdict_engine {self.verdict_engine!r} is not an engine: {engine_mod.ENGINE_NAMES}")
+        for name in ("points", "repeats", "verdict_repeats"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
     @classmethod
     def quick(cls) -> Settings:
         return cls(

@@ -5,6 +5,7 @@ No timing assertions: wall times are reported by ``./run bench``, never tested.
 
 import math
 
+import pytest
 import torch
 
 from benchmarks import engines, metrics, report, suite
@@ -109,6 +110,13 @@ def test_verdict_pairs_each_repetition_with_its_floor_and_reads_the_upper_bound(
     g, upper, word = verdict(out([0.0, 0.05]), ref)  # two repetitions: the first two floors
     assert math.isclose(g[0], 0.025) and math.isclose(upper, 0.025 + 1.645 * 0.025) and word == "**yes**, within noise"
     assert verdict(out([0.04, 0.03, 0.05]), ref)[2] == "**no**"
+
+
+def test_settings_refuse_an_unknown_verdict_engine_and_non_positive_repetitions():
+    with pytest.raises(ValueError, match="not an engine"):
+        suite.Settings(verdict_engine="smc-magic")
+    with pytest.raises(ValueError, match="verdict_repeats must be a positive integer"):
+        suite.Settings(verdict_repeats=0)
 
 
 def test_discrete_task_total_variation_and_page(tmp_path):
