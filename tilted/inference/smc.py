@@ -16,7 +16,10 @@ The Feynman–Kac system walks the chain's levels k = K, …, 0 with N particles
   adaptive resampling; Ẑ is unbiased for fixed schedules, consistent with adaptive tempering.
 
 Each step makes one batched denoiser call and one reward call per factor (with one gradient per
-factor for the gradient proposal), evaluated in micro-batches of ``batch_size`` particles.
+factor for the gradient proposal), evaluated in micro-batches of ``batch_size`` particles. What
+depends on the process type (evaluating x̂_0 and the rewards, φ, drawing x_K, the move) is one kernel
+object: :class:`~tilted.inference.proposals.GaussianKernel` or
+:class:`~tilted.inference.discrete.MaskedKernel`; the rest is shared.
 """
 
 from __future__ import annotations
@@ -231,7 +234,7 @@ class SMC:
         return (c * state.grads).sum(0)
 
     def _phi(self, plan: Plan, rewards: torch.Tensor | None, lambdas: torch.Tensor, ref: torch.Tensor):
-        """φ = Σ_j λ_j r_j / α_j per particle (R, N), float64."""
+        """φ = Σ_j λ_j r_j / α_j per particle (R, N), float64 (masked: its log-mean-exp over the fills)."""
         if rewards is None or not len(plan.factors):
             return torch.zeros(ref.shape[:2], dtype=torch.float64, device=ref.device)
         return self._kernel.phi(rewards, lambdas, self._alpha)
