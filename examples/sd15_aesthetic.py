@@ -84,7 +84,7 @@ def main(argv=None) -> tilted.inference.Result:
     pipe = from_pretrained(
         StableDiffusionPipeline, args.model, what="Stable Diffusion 1.5", default_id=SD15,
         usage="python examples/sd15_aesthetic.py --model {folder}",
-        torch_dtype=dtype, safety_checker=None, requires_safety_checker=False,
+        dtype=dtype, safety_checker=None, requires_safety_checker=False,
     ).to(args.device)  # fmt: skip
     prior = from_pipeline(
         pipe, args.prompts, guidance_scale=args.guidance, num_steps=args.steps, eta=args.eta,

@@ -54,6 +54,15 @@ def test_the_readme_stable_diffusion_example_runs_on_tiny_weights(weights):
     assert namespace["images"].shape == (2, 4, 3, 16, 16) and 0 <= namespace["images"].min()
 
 
+def test_the_dtype_keyword_of_the_docs_is_honoured_by_diffusers(weights):
+    """README and examples load pipelines with ``dtype=`` (diffusers ≥ 0.40); an older diffusers would ignore
+    it and load float32 weights without a word, so check that the networks arrive in the dtype asked for."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(weights["--model"], dtype=torch.bfloat16)
+    assert pipe.unet.dtype == pipe.vae.dtype == pipe.text_encoder.dtype == torch.bfloat16
+
+
 def run_example(argv: list[str]):
     """The script's file as written, its ``main`` called with command-line arguments ``argv``."""
     return runpy.run_path(str(EXAMPLE), run_name="sd15_example")["main"](argv)
