@@ -24,6 +24,7 @@ import torch
 
 from benchmarks import engines as engine_mod
 from benchmarks import metrics
+from benchmarks.report.summary import SMC_ENGINES
 from benchmarks.tasks import Task, build
 from tilted.reference import total_variation
 
@@ -52,8 +53,8 @@ class Settings:
     verdict_repeats: int = 30  # its repetitions (and the floors') on the toys
 
     def __post_init__(self):
-        if self.verdict_engine not in engine_mod.ENGINE_NAMES:
-            raise ValueError(f"verdict_engine {self.verdict_engine!r} is not an engine: {engine_mod.ENGINE_NAMES}")
+        if self.verdict_engine not in SMC_ENGINES:
+            raise ValueError(f"verdict_engine {self.verdict_engine!r} is not an eligible SMC engine: {SMC_ENGINES}")
         for name in ("points", "repeats", "verdict_repeats"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

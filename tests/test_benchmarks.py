@@ -112,9 +112,11 @@ def test_verdict_pairs_each_repetition_with_its_floor_and_reads_the_upper_bound(
     assert verdict(out([0.04, 0.03, 0.05]), ref)[2] == "**no**"
 
 
-def test_settings_refuse_an_unknown_verdict_engine_and_non_positive_repetitions():
-    with pytest.raises(ValueError, match="not an engine"):
+def test_settings_refuse_an_ineligible_verdict_engine_and_non_positive_repetitions():
+    with pytest.raises(ValueError, match="not an eligible SMC engine"):
         suite.Settings(verdict_engine="smc-magic")
+    with pytest.raises(ValueError, match="not an eligible SMC engine"):  # an engine, but not N = 16 SMC
+        suite.Settings(verdict_engine="oracle-twist")
     with pytest.raises(ValueError, match="verdict_repeats must be a positive integer"):
         suite.Settings(verdict_repeats=0)
 

@@ -57,9 +57,9 @@ def summary(results: dict, overhead: dict | None, settings: dict) -> list[str]:
                 words.append("not run")
                 continue
             g, upper, word = verdict(outs[engine], ref)
-            words.append(word if engine in SMC_ENGINES else "not eligible")
+            words.append(word)
             oracle = fmt(gap(outs["oracle-twist"], ref)) if "oracle-twist" in outs else "not run"
-            reps = outs[engine].get("repeats", len(outs[engine]["emd_values"]))
+            reps = len(outs[engine]["emd_values"])
             cells = [fmt(mean_se(ref["emd"][:reps])), str(reps), fmt(outs[engine]["emd"]), fmt(g), f"{upper:.3f}"]
             out.append(row(results[t]["task"]["title"], [*cells, words[-1], oracle]))
         both = all(w.startswith("**yes**") for w in words)
