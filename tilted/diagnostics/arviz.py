@@ -23,6 +23,8 @@ group                variables (dimensions)
                      engine has steps: ``ess``, ``resampled``, ``log_evidence_increment``
                      ``(chain, step)``, ``lambdas (chain, step, factor)``, ``ancestors (chain, step,
                      particle)`` (ancestor indices used after the step; identity when not resampled),
+                     ``drift_clipped (chain, step)`` (fraction of drifts the trust region scaled),
+                     ``log_increment (chain, step, particle)`` (incremental log weights G),
                      coordinate ``timestep (step)``
 ``prior``            draws of the pretrained model, when known: ``SITE (chain, draw, …)`` and
                      ``rewards (chain, draw, factor)``. An importance-sampling result carries them
@@ -291,6 +293,8 @@ def _steps_dataset(trace: StepTrace, factors, batched) -> xr.Dataset:
         # lambdas (S, F, R) -> (R, S, F)
         "lambdas": (("chain", "step", "factor"), runs_first(trace.lambdas.to(torch.float64), 2)),
         "ancestors": (("chain", "step", "particle"), runs_first(trace.ancestors, 1).astype(np.int64)),
+        "drift_clipped": (("chain", "step"), runs_first(trace.drift_clipped.to(torch.float64), 1)),
+        "log_increment": (("chain", "step", "particle"), runs_first(trace.log_increments.to(torch.float64), 1)),
     }
     coords = {
         "chain": np.arange(ess.shape[0]),
@@ -359,6 +363,12 @@ def from_datatree(dt: xr.DataTree) -> Result:
             log_evidence_increments=steps("log_evidence_increment", 1),
             ancestors=steps("ancestors", 1),
             timesteps=torch.from_numpy(np.asarray(st["timestep"].values, dtype=np.int64)),
+            drift_clipped=steps("drift_clipped", 1)
+            if "drift_clipped" in st
+            else torch.zeros_like(steps("ess", 1)),  # files written before the trust region
+            log_increments=steps("log_increment", 1)
+            if "log_increment" in st
+            else torch.zeros(steps("ancestors", 1).shape, dtype=torch.float64),
         )
     return Result(
         particles=particles,

@@ -34,6 +34,15 @@ verdict on weights or evidence: their particles are not a weighted approximation
     particle descends from one draw of x_K (Andrieu, Doucet & Holenstein 2010; Jacob, Murray &
     Rubenthaler 2015). A low count alone is common after many resampling steps; a single one is a
     collapse.
+``intermediate_potential``
+    Whether the intermediate potentials ψ_k (r(x̂_0(x_k))/α and its gradient) deserved trust; three
+    signs of a potential that misleads, typically a learned denoiser's x̂_0 at high noise, where an
+    ε error is amplified by √((1 − ᾱ)/ᾱ): (1) an ESS collapse in the first steps, min ESS over the
+    first ⌈S/10⌉ steps below ``min_early_ess_fraction``·N (default 0.5; at high noise an honest
+    potential barely varies between particles); (2) Pareto k̂ of the incremental weights exp(G) of an
+    intermediate step (pooled over runs, which share the step's G; needs 25 values) ≥ 0.7, the
+    practical infinite-variance limit; (3) the gradient proposal's trust region bound for more than
+    ``max_clipped`` (default 10 %) of the particles at some step. The message says what to try.
 ``tilt`` (and ``reward[NAME]``, information only)
     The tilt raises the expected log-factor: E_tar[Σ r_j/α_j] ≥ E_pθ[Σ r_j/α_j] (the covariance of
     ℓ and e^ℓ is non-negative). Checked when pretrained draws are known (the ``prior`` group):
@@ -272,6 +281,62 @@ def check_distinct_ancestors(dt: xr.DataTree, min_ancestors: int = 2) -> Verdict
     return Verdict("distinct_ancestors", worst, float(min_ancestors), passed, msg, rule)
 
 
+def check_intermediate_potential(
+    dt: xr.DataTree, min_early_ess_fraction: float = 0.5, max_khat: float = 0.7, max_clipped: float = 0.1
+) -> Verdict:
+    from tilted.diagnostics.arviz import pareto_khat
+
+    name = "intermediate_potential"
+    rule = (
+        f"early min ESS ≥ {min_early_ess_fraction:g}·N, k̂ of intermediate incremental weights < {max_khat:g}, "
+        f"drift clipped for ≤ {max_clipped:.0%} of particles per step"
+    )
+    if "steps" not in dt.children or _unweighted(dt):
+        return Verdict(name, None, None, None, "no per-step weights to judge", rule)
+    st = dt["steps"]
+    ess = st["ess"].values  # (R, S)
+    R, S = ess.shape
+    N = dt["particles"].sizes["particle"]
+    early = max(1, math.ceil(S / 10))
+    early_ess, run = _worst(ess[:, :early].min(-1))
+    problems, tries = [], set()
+    if early_ess < min_early_ess_fraction * N:
+        step = int(np.argmin(ess[run, :early]))
+        problems.append(f"ESS fell to {early_ess:.1f} of {N} at step {step} of the first {early}")
+        tries.add("weight")
+    khat = float("nan")
+    if "log_increment" in st and R * N >= 25 and S > 2:
+        inc = st["log_increment"].values[:, 1 : S - 1]  # intermediate steps: not x_K's draw, not the exact end
+        pooled = np.moveaxis(inc, 1, 0).reshape(S - 2, R * N)
+        k = np.atleast_1d(pareto_khat(pooled))  # NaN where constant (e.g. zero rewards)
+        if not np.all(np.isnan(k)):
+            khat, at = _worst(k, lowest=False)
+            if khat >= max_khat:
+                problems.append(f"k̂ of the incremental weights {khat:.2f} at step {at + 1}")
+                tries.add("weight")
+    clipped = float(st["drift_clipped"].values.max()) if "drift_clipped" in st else 0.0
+    if clipped > max_clipped:
+        at = int(np.unravel_index(np.argmax(st["drift_clipped"].values), (R, S))[1])
+        problems.append(f"the trust region scaled {clipped:.0%} of the drifts at step {at}")
+        tries.add("drift")
+    if not problems:
+        msg = f"early min ESS {early_ess:.1f} of {N}, max k̂ {khat:.2f}, max drift clipped {clipped:.0%}"
+        return Verdict(name, early_ess, min_early_ess_fraction * N, True, msg, rule)
+    advice = []
+    if "weight" in tries:
+        advice.append(
+            "r(x̂_0)/α misleads at high noise: keep potential_weight='signal' (the default), delay the tilt "
+            "(tempering=Exponential(0.008)), use a better value (GaussianSoftValue, LearnedSoftValue.fit) or more particles"
+        )
+    if "drift" in tries:
+        advice.append(
+            "the potential's gradient exceeds the trust region (a network's Jacobian at high noise): "
+            "use proposal='prior', or raise trust_region only if the gradient is trusted"
+        )
+    msg = "; ".join(problems) + ". Try: " + "; ".join(advice)
+    return Verdict(name, early_ess, min_early_ess_fraction * N, False, msg, rule)
+
+
 def _weighted_mean_se(values: np.ndarray, log_w: np.ndarray) -> tuple[float, float]:
     """Mean over runs of the self-normalised weighted means, and its s.e. (weighted sd/√ΣESS)."""
     w = np.exp(log_w - log_w.max(-1, keepdims=True))
@@ -350,6 +415,7 @@ def diagnose(
             check_pareto_khat(dt),
             check_log_evidence_variance(dt, max_log_evidence_variance),
             check_distinct_ancestors(dt, min_ancestors),
+            check_intermediate_potential(dt),
             *check_rewards(dt),
         ]
     )

@@ -22,7 +22,7 @@ import torch
 from pyro.distributions import Delta
 
 from tilted.distributions.process import SequentialProcess
-from tilted.errors import ModelError, NoDensityError, ShapeError
+from tilted.errors import ModelError, NoDensityError, NonFiniteError, ShapeError
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 BETA_SCHEDULES = {"linear": "linear", "scaled_linear": "scaled_linear", "cosine": "squaredcos_cap_v2"}
@@ -242,6 +242,7 @@ class GaussianDiffusion(SequentialProcess):
                     f"the denoiser returned {got} for an input of shape {tuple(flat.shape)}; it must return one "
                     f"{self.prediction_type} prediction per input element (same shape as x_t)"
                 )
+            _check_finite(out, k, self.timestep(k), f"the denoiser's {self.prediction_type} prediction")
             out = out.to(x.dtype).reshape(batch + self.event_shape)
             if self.prediction_type == "epsilon":
                 out = (x - math.sqrt(1 - a) * out) / math.sqrt(a)
@@ -249,6 +250,7 @@ class GaussianDiffusion(SequentialProcess):
                 out = math.sqrt(a) * x - math.sqrt(1 - a) * out
         if self.clip_sample is not None:
             out = out.clamp(-self.clip_sample, self.clip_sample)
+        _check_finite(out, k, self.timestep(k) if k else None, "x̂_0")
         return out
 
     def transition_moments(self, x: torch.Tensor, k: int, prediction: torch.Tensor | None = None):
@@ -271,3 +273,15 @@ class GaussianDiffusion(SequentialProcess):
         if sigma == 0:
             return mean
         return mean + sigma * torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
+
+
+def _check_finite(value: torch.Tensor, k: int, timestep: int | None, what: str) -> None:
+    """Raise :class:`NonFiniteError` naming the level, its timestep and the quantity if ``value`` has NaN/±inf."""
+    bad = ~torch.isfinite(value)
+    if bool(bad.any()):
+        at = f"level {k}" + ("" if timestep is None else f" (training timestep {timestep})")
+        raise NonFiniteError(
+            f"{what} has {int(bad.sum())} non-finite value(s) (NaN or ±inf) out of {value.numel()} at {at}; the "
+            "network is unusable at this noise level: check its weights, its prediction_type and its dtype "
+            "(half precision overflows), or evaluate it in float32"
+        )

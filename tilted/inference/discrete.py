@@ -214,6 +214,10 @@ class MaskedKernel:
 
     phi = staticmethod(fill_potential)
 
+    def bound(self, drift: torch.Tensor, k: int, tau: float | None):
+        """No trust region: a Taylor tilt reweights categorical probabilities, which stay in the simplex."""
+        return drift, torch.zeros(drift.shape[:2], dtype=torch.bool, device=drift.device)
+
     def initial(self, shape, drift=None, generator=None):
         """x_K: all masks (q = p, log ratio 0)."""
         x = self.process.draw_initial(tuple(shape))

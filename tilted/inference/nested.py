@@ -132,7 +132,7 @@ class NestedIS(SMC):
             if last:
                 psi = plan.log_factor(rewards).to(F64)
             else:
-                psi = self.potential.advance(psi_prev, self._phi(plan, rewards, lam, flat), flat, k - 1)
+                psi = self.potential.advance(psi_prev, self._phi(plan, rewards, lam, flat, k - 1), flat, k - 1)
             local = (psi - psi_prev).reshape(R, N, M)
             return torch.logsumexp(local, -1) - math.log(M), psi, lam, local
 

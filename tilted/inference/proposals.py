@@ -8,6 +8,13 @@ For a draw x' = μ + σ²g + σε,
 
 summed over the event dimensions. With g = 0 this is the prior (bootstrap) proposal, ratio 0.
 
+**Trust region.** The first-order tilt is only trustworthy within a few standard deviations of the
+transition, and a learned denoiser's gradient can be arbitrarily large at high noise (x̂_0 divides
+by √ᾱ). So the shift is bounded in units of σ: g is scaled by min(1, τσ√d/‖σ²g‖), which keeps the
+shift's root-mean-square per coordinate ≤ τσ (d = event size). The scaled g is still a fixed
+function of x_k, so the draw and its exact log p − log q are unchanged in form and the target stays
+exact; engines record the fraction of particles whose drift was scaled.
+
 :class:`GaussianKernel` is what :class:`~tilted.inference.SMC` builds for a
 :class:`~tilted.distributions.GaussianDiffusion` (its masked counterpart is
 :class:`~tilted.inference.discrete.MaskedKernel`): both evaluate x̂_0 with the rewards and their
@@ -16,10 +23,13 @@ gradients, turn rewards into the tempered potential φ, draw x_K, and move the p
 
 from __future__ import annotations
 
+import contextlib
+import math
+
 import torch
 
 from tilted.distributions.gaussian import GaussianDiffusion
-from tilted.errors import ModelError
+from tilted.errors import ModelError, NonFiniteError
 
 PROPOSALS = ("prior", "gradient")
 F64 = torch.float64
@@ -45,6 +55,31 @@ def gaussian_move(
     return x, log_ratio
 
 
+def trust_region(
+    drift: torch.Tensor, sigma: float, tau: float | None, event_dim: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale g so that ‖σ²g‖ ≤ τσ√d per particle; return it and the mask of scaled particles."""
+    dims = tuple(range(drift.ndim - event_dim, drift.ndim))
+    batch = drift.shape[: drift.ndim - event_dim]
+    if tau is None:
+        return drift, torch.zeros(batch, dtype=torch.bool, device=drift.device)
+    d = math.prod(drift.shape[drift.ndim - event_dim :])
+    norm = sigma * drift.to(F64).pow(2).sum(dims).sqrt()  # ‖σ²g‖ / σ
+    limit = tau * math.sqrt(d)
+    clipped = norm > limit
+    scale = torch.where(clipped, limit / norm, torch.ones_like(norm))
+    return drift * scale.to(drift.dtype).reshape(batch + (1,) * event_dim), clipped
+
+
+@contextlib.contextmanager
+def _located(where: str):
+    """Re-raise a :class:`NonFiniteError` from inside an evaluation with the site and step prefixed."""
+    try:
+        yield
+    except NonFiniteError as error:
+        raise NonFiniteError(f"{where}: {error}") from None
+
+
 class GaussianKernel:
     """What SMC does on a :class:`GaussianDiffusion`: x̂_0 and reward gradients through the denoiser, Gaussian moves."""
 
@@ -59,8 +94,9 @@ class GaussianKernel:
         """x̂_0(x) (R, N, *E), rewards r_j(x̂_0) (F, R, N) and gradients ∇_x r_j(x̂_0(x)) (F, R, N, *E) at level k."""
         shape, F = x.shape, len(plan.factors)
         x0s, rs, gs = [], [], []
+        where = f"site {plan.site!r}, step {self.process.num_steps - k} (the state at level {k})"
         for chunk in plan.chunks(x, 2, batch_size):  # site layout (b, [P], *E)
-            with torch.set_grad_enabled(with_grads):
+            with torch.set_grad_enabled(with_grads), _located(where):
                 xc = chunk.detach().requires_grad_(with_grads)
                 x0 = self.process.predict(xc, k)
                 r = plan.rewards(x0) if with_rewards else None
@@ -70,9 +106,14 @@ class GaussianKernel:
                             "the gradient proposal needs rewards differentiable through the denoiser; "
                             f"{[f.name for f in plan.factors]} gave no gradient. Use proposal='prior'"
                         )
-                    gs.append(
-                        torch.stack([torch.autograd.grad(r[j].sum(), xc, retain_graph=j < F - 1)[0] for j in range(F)])
-                    )
+                    g = torch.stack([torch.autograd.grad(r[j].sum(), xc, retain_graph=j < F - 1)[0] for j in range(F)])
+                    bad = ~torch.isfinite(g)
+                    if bool(bad.any()):
+                        raise NonFiniteError(
+                            f"the gradient of the reward(s) through the denoiser has {int(bad.sum())} non-finite "
+                            "entries: the network's Jacobian overflows at this noise level; use proposal='prior'"
+                        )
+                    gs.append(g)
             x0s.append(x0.detach())
             rs.append(None if r is None else r.detach())
         n = shape[0] * shape[1]
@@ -91,6 +132,11 @@ class GaussianKernel:
     def phi(rewards: torch.Tensor, lambdas: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
         """φ = Σ_j λ_j r_j/α_j from rewards (F, R, N), λ (F, R), α (F,): (R, N) float64."""
         return (lambdas[:, :, None] * rewards.to(F64) / alpha[:, None, None]).sum(0)
+
+    def bound(self, drift: torch.Tensor, k: int, tau: float | None):
+        """The drift of the move from level k (k = K + 1: the draw of x_K, σ = 1) in its trust region."""
+        sigma = 1.0 if k > self.process.num_steps else float(self.process.sigmas[k])
+        return trust_region(drift, sigma, tau, self.event_dim)
 
     def initial(self, shape, drift, generator=None):
         """x_K ~ N(g, I) (the prior N(0, I) for g = None) for a batch ``shape``, with log p − log q."""

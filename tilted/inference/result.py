@@ -30,7 +30,10 @@ class StepTrace:
 
     ``ess`` and ``log_evidence_increments`` have shape (S, R); ``resampled`` (S, R) says whether
     the particles were resampled after the step; ``lambdas`` (S, F, R) holds λ of each factor;
-    ``ancestors`` (S, R, N) the ancestor indices used after the step (identity when not resampled).
+    ``ancestors`` (S, R, N) the ancestor indices used after the step (identity when not resampled);
+    ``drift_clipped`` (S, R) the fraction of particles whose proposal drift the trust region scaled
+    down (0 for proposals without a drift); ``log_increments`` (S, R, N) every particle's incremental
+    log weight G (0 for engines without weights).
     """
 
     ess: torch.Tensor
@@ -39,6 +42,8 @@ class StepTrace:
     log_evidence_increments: torch.Tensor
     ancestors: torch.Tensor
     timesteps: torch.Tensor
+    drift_clipped: torch.Tensor
+    log_increments: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,8 @@ class StepInfo:
     lambdas: torch.Tensor  # (F, R)
     log_evidence_increment: torch.Tensor  # (R,)
     ancestors: torch.Tensor  # (R, N)
+    drift_clipped: torch.Tensor | None = None  # (R,) fraction of particles whose drift was scaled
+    log_increments: torch.Tensor | None = None  # (R, N) incremental log weights G of the step
 
 
 @dataclass
@@ -157,6 +164,17 @@ def collect(plan, x, rewards, log_weights, log_evidence, infos, counts, config, 
         log_evidence_increments=stack("log_evidence_increment"),
         ancestors=stack("ancestors"),
         timesteps=torch.cat([plan.process.timesteps, torch.tensor([-1])]),
+        drift_clipped=torch.stack(
+            [i.ess.new_zeros(i.ess.shape) if i.drift_clipped is None else i.drift_clipped.to(i.ess) for i in infos]
+        ),
+        log_increments=torch.stack(
+            [
+                torch.zeros(i.ancestors.shape, dtype=torch.float64, device=i.ancestors.device)
+                if i.log_increments is None
+                else i.log_increments.to(torch.float64)
+                for i in infos
+            ]
+        ),
     )
     if not batched:
         run_dim = {"lambdas": 2, "timesteps": None}

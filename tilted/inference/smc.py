@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
@@ -43,6 +44,10 @@ from tilted.inference.result import Counts, Result, StepInfo, collect
 from tilted.inference.weights import ess, normalize
 from tilted.plan import Plan, read_plan
 from tilted.tempering import Tempering, as_tempering
+
+#: default τ of the gradient proposal's trust region, in transition standard deviations (docs/engines.md)
+TRUST_REGION = 1.0
+POTENTIAL_WEIGHTS = ("signal", "none")
 
 
 @dataclass(frozen=True)
@@ -85,9 +90,18 @@ class SMC:
         N, particles per run.
     proposal
         ``"prior"`` (bootstrap) or ``"gradient"`` (N(μ + σ²∇ψ, σ²I), with the exact p/q correction).
+    trust_region
+        τ: the gradient proposal's shift σ²g is scaled down to ‖σ²g‖ ≤ τσ√d (a root-mean-square move
+        of at most τ transition standard deviations per coordinate); ``None`` leaves it unbounded. The
+        fraction of particles scaled is recorded per step in ``result.trace.drift_clipped``.
     potential
         ``"tweedie"`` (default), ``"difference"`` (same), ``"max"``, ``"sum"``, ``"terminal"``, a
         :class:`~tilted.inference.potentials.Potential` or a twist ``fn(x, k)``.
+    potential_weight
+        w_k multiplying the reward potentials φ_k = w_k Σ_j λ_{j,k} r_j(x̂_0(x_k))/α_j before the
+        final level (which is always exact, w_0 = 1): ``"signal"`` (default) w_k = ᾱ_k, the signal
+        fraction of x_k, which bounds a network's error amplification x̂_0 − x_0 ∝ √((1 − ᾱ)/ᾱ)
+        (docs/engines.md); ``"none"`` w ≡ 1; or a function of ᾱ_k. Masked processes use w ≡ 1.
     resampler
         ``"systematic"`` (default), ``"stratified"``, ``"multinomial"``, ``"residual"``, ``"ssp"``.
     ess_threshold
@@ -115,7 +129,9 @@ class SMC:
         num_particles: int,
         *,
         proposal: str = "prior",
+        trust_region: float | None = TRUST_REGION,
         potential: Potential | str = "tweedie",
+        potential_weight: str | Callable[[float], float] = "signal",
         resampler: str = "systematic",
         ess_threshold: float = 0.5,
         resample_every: int | None = None,
@@ -139,11 +155,21 @@ class SMC:
             raise ValueError(f"num_runs must be a positive integer or None, got {num_runs!r}")
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
             raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
+        if trust_region is not None and not (isinstance(trust_region, int | float) and trust_region > 0):
+            raise ValueError(
+                f"trust_region must be a positive number of standard deviations or None, got {trust_region!r}"
+            )
+        if not (callable(potential_weight) or potential_weight in POTENTIAL_WEIGHTS):
+            raise ValueError(
+                f"potential_weight must be one of {POTENTIAL_WEIGHTS} or a function of ᾱ, got {potential_weight!r}"
+            )
         check_fill(fill, num_fills)
         self.model = model
         self.num_particles = num_particles
         self.proposal = proposal
+        self.trust_region = None if trust_region is None else float(trust_region)
         self.potential = as_potential(potential)
+        self.potential_weight = potential_weight
         self.resampler_name = resampler if isinstance(resampler, str) else getattr(resampler, "__name__", "custom")
         self.resampler = get_resampler(resampler)
         self.ess_threshold = float(ess_threshold)
@@ -194,11 +220,27 @@ class SMC:
         self._lambda_table = table.to(device)
         self._is_adaptive = torch.tensor([s.adaptive for s in schedules], dtype=torch.bool, device=device)
         self._alpha = plan.temperatures.to(device)
+        self._weights = self._potential_weights(process, device)
         self._gradient = self.proposal == "gradient"
         self.counts = Counts()
         bind = getattr(self.potential, "bind", None)
         if bind is not None:  # a potential that evaluates the model itself counts its calls here too
             bind(self.counts)
+
+    def _potential_weights(self, process, device) -> torch.Tensor:
+        """w_k for levels k = 0, …, K (w_0 = 1: the final level is exact)."""
+        K = process.num_steps
+        if self.potential_weight == "none" or not isinstance(process, GaussianDiffusion):
+            return torch.ones(K + 1, dtype=torch.float64, device=device)
+        abar = process.alphas_cumprod.to(device, torch.float64)
+        if self.potential_weight == "signal":
+            w = abar.clone()
+        else:
+            w = torch.tensor([float(self.potential_weight(float(a))) for a in abar], dtype=torch.float64, device=device)
+            if not torch.isfinite(w).all() or (w < 0).any():
+                raise ValueError(f"potential_weight(ᾱ) must be finite and ≥ 0 at every level, got {w.tolist()}")
+        w[0] = 1.0
+        return w
 
     def _lambdas_at(self, s: int, adaptive: torch.Tensor) -> torch.Tensor:
         """λ_{j} at step s for every factor and run, (F, R): fixed rows from the table, adaptive rows ``adaptive``."""
@@ -229,15 +271,15 @@ class SMC:
             return self.potential.gradient(state.x, k - 1)
         if state.grads is None or not len(plan.factors):
             return None
-        coef = lambdas / self._alpha[:, None]
+        coef = self._weights[k - 1] * lambdas / self._alpha[:, None]
         c = coef.to(state.grads.dtype).reshape(coef.shape + (1,) * (state.grads.ndim - 2))
         return (c * state.grads).sum(0)
 
-    def _phi(self, plan: Plan, rewards: torch.Tensor | None, lambdas: torch.Tensor, ref: torch.Tensor):
-        """φ = Σ_j λ_j r_j / α_j per particle (R, N), float64 (masked: its log-mean-exp over the fills)."""
+    def _phi(self, plan: Plan, rewards: torch.Tensor | None, lambdas: torch.Tensor, ref: torch.Tensor, k: int):
+        """φ_k = w_k Σ_j λ_j r_j / α_j per particle (R, N), float64 (masked: its log-mean-exp over the fills)."""
         if rewards is None or not len(plan.factors):
             return torch.zeros(ref.shape[:2], dtype=torch.float64, device=ref.device)
-        return self._kernel.phi(rewards, lambdas, self._alpha)
+        return self._kernel.phi(rewards, self._weights[k] * lambdas, self._alpha)
 
     # -- the Feynman–Kac system ---------------------------------------------------------------
     def init(self, plan: Plan, generator: torch.Generator | None = None) -> tuple[State, StepInfo]:
@@ -258,9 +300,10 @@ class SMC:
                 probe = replace(probe, grads=grads)
             drift = self._drift(plan, probe, K + 1, lam[:, :P])
             drift = None if drift is None else drift.repeat((R // P,) + (1,) * (drift.ndim - 1))
+        drift, clipped = self._bound(drift, K + 1, (R, N))
         x, log_ratio = self._kernel.initial((R, N), drift, generator)
         x0, rewards, grads = self._evaluate(plan, x, K, needs, self._gradient and needs, generator)
-        psi = self.potential.start(self._phi(plan, rewards, lam, x), x, K)
+        psi = self.potential.start(self._phi(plan, rewards, lam, x, K), x, K)
         state = State(
             K,
             x,
@@ -272,7 +315,7 @@ class SMC:
             torch.zeros(R, dtype=torch.float64, device=device),
             lam,
         )
-        return self._reweight(state, log_ratio + psi, 0, generator, last=False)
+        return self._reweight(state, log_ratio + psi, 0, generator, last=False, clipped=clipped)
 
     def step(self, plan: Plan, state: State, generator: torch.Generator | None = None) -> tuple[State, StepInfo]:
         """Move x_k → x_{k-1}, weight by G_k, and (maybe) resample: the state at level k − 1."""
@@ -281,6 +324,7 @@ class SMC:
         # the drift uses λ of the next level; adaptive factors (λ not chosen yet) use their current λ
         lam_guide = self._lambdas_at(s, self._adaptive_lambda(state))
         drift = None if process.is_deterministic(k) else self._drift(plan, state, k, lam_guide)  # nothing to tilt
+        drift, clipped = self._bound(drift, k, state.psi.shape)
         x_new, log_ratio = self._kernel.move(state, k, drift, generator)
         if last:
             exact = state.rewards if process.is_deterministic(k) and state.rewards is not None else None
@@ -292,7 +336,7 @@ class SMC:
 
         def increment(adaptive_lam: torch.Tensor):
             lam = torch.ones_like(state.lambdas) if last else self._lambdas_at(s, adaptive_lam)
-            phi = self._phi(plan, rewards, lam, x_new)
+            phi = self._phi(plan, rewards, lam, x_new, k - 1)
             psi = (
                 plan.log_factor(rewards).to(torch.float64)
                 if last
@@ -305,9 +349,20 @@ class SMC:
             chosen = self._adaptive.solve(lambda lam: state.log_weights + increment(lam)[0], chosen)
         inc, psi, lam = increment(chosen)
         new = replace(state, level=k - 1, x=x_new, x0=x0, rewards=rewards, grads=grads, psi=psi, lambdas=lam)
-        return self._reweight(new, inc, s, generator, last)
+        return self._reweight(new, inc, s, generator, last, clipped)
 
-    def _reweight(self, state: State, inc: torch.Tensor, s: int, generator, last: bool) -> tuple[State, StepInfo]:
+    def _bound(self, drift: torch.Tensor | None, k: int, batch) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """The drift of the move from level k inside the trust region, and the fraction of particles scaled (R,)."""
+        if drift is None:
+            return None, torch.zeros(batch[0], dtype=torch.float64, device=self._device)
+        if drift.shape[:2] != tuple(batch):  # one probe per group, broadcast over the particles
+            drift = drift.expand(tuple(batch) + drift.shape[2:])
+        drift, clipped = self._kernel.bound(drift, k, self.trust_region)
+        return drift, clipped.to(torch.float64).mean(-1)
+
+    def _reweight(
+        self, state: State, inc: torch.Tensor, s: int, generator, last: bool, clipped: torch.Tensor | None = None
+    ) -> tuple[State, StepInfo]:
         _check_increment(inc, s)
         joint = state.log_weights + inc
         dlogz = torch.logsumexp(joint, -1)
@@ -331,7 +386,7 @@ class SMC:
             gathered = state.gather(ancestors)
             keep = ~do[:, None]
             state = replace(gathered, log_weights=torch.where(keep, log_weights, gathered.log_weights))
-        info = StepInfo(cur_ess, do, state.lambdas.clone(), dlogz, ancestors)
+        info = StepInfo(cur_ess, do, state.lambdas.clone(), dlogz, ancestors, clipped, inc)
         return state, info
 
     # -- the loop ----------------------------------------------------------------------------
@@ -372,7 +427,9 @@ class SMC:
             "num_particles": self.num_particles,
             "num_runs": self.num_runs,
             "proposal": self.proposal,
+            "trust_region": self.trust_region,
             "potential": repr(self.potential),
+            "potential_weight": self.potential_weight if isinstance(self.potential_weight, str) else "custom",
             "resampler": self.resampler_name,
             "ess_threshold": self.ess_threshold,
             "resample_every": self.resample_every,
