@@ -149,3 +149,36 @@ def test_affine_gaussian_denoiser_matches_the_library_mixture():
     x = torch.randn(3, 7, 5, generator=gen, dtype=torch.float64)
     for a in (1e-4, 0.3, 0.999):
         assert torch.allclose(fast.posterior_mean(x, a), ref.posterior_mean(x, a), atol=1e-10)
+
+
+def test_trained_network_tasks_cache_reference_and_page(tmp_path, monkeypatch):
+    """The trained-network family on a few training steps: cached weights reload identically, the
+    diffusers reference loop draws the same chain as GaussianDiffusion (means within 5 s.e.), the
+    reference's log Ẑ is log mean exp(r/α) of its pool, and the page reports the goals."""
+    from benchmarks import trained
+
+    monkeypatch.setenv("TILTED_CACHE", str(tmp_path))
+    monkeypatch.setattr(trained, "TRAIN_STEPS", 30)
+    monkeypatch.setattr(trained, "REFERENCE_CHAINS", 4096)
+    task = trained.trained_task("grid", "eps", num_steps=10)
+    toy = build("grid", 10)
+    again = trained.network(toy, "epsilon")
+    for a, b in zip(task.process.denoiser.state_dict().values(), again.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    n = 4000
+    ours = trained.ancestral(again, "epsilon", 10, n, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        lib = task.process.sample((n,), generator=1).double()
+    se = (ours.var(0) / n + lib.var(0) / n).sqrt()
+    assert ((ours.mean(0) - lib.mean(0)).abs() <= 5 * se).all()
+    assert abs(ours.std(0) / lib.std(0) - 1).max() < 0.1  # s.e. of a ratio of sds ≈ √(1/n) ≈ 0.016
+    ref = trained.reference(toy, again, "epsilon", 10, "grid-eps")
+    logw = toy.reward(ref["points"]).double()
+    assert math.isclose(ref["log_z"], float(torch.logsumexp(logw, 0) - math.log(4096)), rel_tol=1e-9)
+    assert 1 <= ref["ess"] <= 4096 and math.isclose(task.log_z, ref["log_z"])
+    rep = trained.run_engine(task, {}, points=50, rep=0)
+    assert rep["non_finite"] == 0 and math.isfinite(rep["emd"]) and len(rep["log_z_errors"]) == 50
+    row = {"floor": [0.1], **{e: {"reps": [dict(rep)], "seconds": 1.0} for e in trained.ENGINES}}
+    row["reference"] = {"ess": ref["ess"]}
+    page = trained.report({"grid-eps": row}, "test")
+    assert "`smc-gradient`" in page and ("all met" in page or "missed" in page)
