@@ -255,7 +255,8 @@ def benchmark(points: int = 2000, repeats: int = 4, num_steps: int = 100) -> dic
                 reps = [run_engine(task, options, points, rep) for rep in range(repeats)]
                 row[name] = {"reps": reps, "seconds": (time.perf_counter() - start) / repeats}
                 print(
-                    f"{toy}-{prediction} {name}: {[round(r['emd'] - f, 3) for r, f in zip(reps, floors, strict=True)]}", flush=True
+                    f"{toy}-{prediction} {name}: {[round(r['emd'] - f, 3) for r, f in zip(reps, floors, strict=True)]}",
+                    flush=True,
                 )
             out[f"{toy}-{prediction}"] = row
     return out
