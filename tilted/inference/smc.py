@@ -9,7 +9,9 @@ The Feynman–Kac system walks the chain's levels k = K, …, 0 with N particles
 - M_k: x_{k-1} ~ q_k(· | x_k), the prior kernel or its gradient-guided shift (proposals module);
   G_k = log p_k(x_{k-1} | x_k) − log q_k(x_{k-1} | x_k) + ψ_{k-1}(x_{k-1}) − ψ_k(x_k).
 - ψ_0 = Σ_j r_j(x_0)/α_j exactly, with λ = 1; ψ_k for k > 0 comes from the potential
-  (potentials module) and the tempering schedules λ_{j,k} of the factor statements.
+  (potentials module) applied to φ_k = w_k Σ_j λ_{j,k} r_j(x̂_0(x_k))/α_j, with the tempering
+  schedules λ_{j,k} of the factor statements and the potential weight w_k (default ᾱ_k).
+- The gradient proposal's shift σ²g is kept in a trust region ‖σ²g‖ ≤ τσ√d (proposals module).
 - Resampling after a step when ESS < κN (or on a fixed interval inside a window); every carried
   per-particle quantity (x_k, x̂_0(x_k), rewards and their gradients, ψ_k) is gathered by ancestor.
 - log Ẑ += log Σ_i W̄_i exp(G_i) with the normalised weights W̄ before the step: valid with
