@@ -2,23 +2,25 @@
 
 :class:`Reward` is the protocol (``differentiable``, ``input``, composition by ``+``, ``*``, ``-`` and
 ``after``); plain callables remain accepted everywhere. Built-ins: analytic (:class:`Quadratic`,
-:class:`LogDensity`), :class:`ClassifierLogProb`, and image rewards (:class:`CLIPScore`,
+:class:`LogDensity`), :class:`ClassifierLogProb` (alias :class:`ClassLogProb`), :class:`Symmetry`, and image rewards (:class:`CLIPScore`,
 :class:`PickScore`, :class:`LAIONAesthetic`, :class:`JPEGCompressibility`). See docs/rewards.md.
 """
 
 from tilted.rewards.aesthetic import AestheticHead, LAIONAesthetic
 from tilted.rewards.analytic import LogDensity, Quadratic
 from tilted.rewards.base import After, Function, Reward, WeightedSum, as_reward
-from tilted.rewards.classifier import ClassifierLogProb
+from tilted.rewards.classifier import ClassifierLogProb, ClassLogProb
 from tilted.rewards.clip import CLIPImageEncoder, CLIPScore, PickScore
 from tilted.rewards.images import ImageReward
 from tilted.rewards.jpeg import JPEGCompressibility
+from tilted.rewards.pixels import Symmetry
 
 __all__ = [
     "AestheticHead",
     "After",
     "CLIPImageEncoder",
     "CLIPScore",
+    "ClassLogProb",
     "ClassifierLogProb",
     "Function",
     "ImageReward",
@@ -28,6 +30,7 @@ __all__ = [
     "PickScore",
     "Quadratic",
     "Reward",
+    "Symmetry",
     "WeightedSum",
     "as_reward",
 ]

@@ -85,3 +85,8 @@ class ClassifierLogProb(Reward):
     def __repr__(self) -> str:
         target = self.target.item() if self.target.ndim == 0 else f"tensor{tuple(self.target.shape)}"
         return f"ClassifierLogProb({type(self.classifier).__name__}, target={target})"
+
+
+#: ``ClassLogProb(classifier, label)``: the name of the class-conditioning reward in the digits
+#: examples and the DAS literature; the same reward as :class:`ClassifierLogProb`.
+ClassLogProb = ClassifierLogProb
