@@ -1,4 +1,4 @@
-"""Command line: ``tilted demo``, ``tilted run SPEC --out RESULT.nc``, ``tilted report RESULT.nc --out report.html``."""
+"""Command line: ``tilted demo [digits]``, ``tilted run SPEC --out RESULT.nc``, ``tilted report RESULT.nc --out report.html``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,13 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tilted", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="sample the DAS Figure-1 toy: pretrained, exact tilted target, engines")
+    demo = sub.add_parser(
+        "demo",
+        help="`tilted demo`: the DAS Figure-1 toy against its exact target; `tilted demo digits`: the trained "
+        "digits DDPM tilted toward a class",
+    )
+    demo.add_argument("which", nargs="?", default="toy", choices=["toy", "digits"], help="which demo (default: toy)")
+    demo.add_argument("--label", type=int, default=3, help="digits: the class to tilt toward (default 3)")
     demo.add_argument("--out", default="outputs", help="folder for the figure (default: outputs)")
     demo.add_argument("--seed", type=int, default=0)
 
@@ -40,9 +46,14 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     if args.command == "demo":
-        from tilted.demo import run_demo
+        if args.which == "digits":
+            from tilted.demo_digits import run_digits_demo
 
-        run_demo(out=args.out, seed=args.seed)
+            run_digits_demo(out=args.out, seed=args.seed, label=args.label)
+        else:
+            from tilted.demo import run_demo
+
+            run_demo(out=args.out, seed=args.seed)
     elif args.command == "run":
         return _run(args)
     elif args.command == "report":
