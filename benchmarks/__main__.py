@@ -1,4 +1,8 @@
-"""``python -m benchmarks`` (``./run bench``): run the suite and write docs/benchmarks.md and its figures."""
+"""``python -m benchmarks`` (``./run bench``): run the suite and write docs/benchmarks.md and its figures.
+
+``./run bench digits [--quick]`` runs the digits benchmark instead (:mod:`benchmarks.digits`, which
+writes docs/benchmarks_digits.md).
+"""
 
 from __future__ import annotations
 
@@ -65,6 +69,11 @@ def _plain(value):
 
 
 def main(argv=None) -> Path:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["digits"]:
+        from benchmarks import digits
+
+        return digits.main(argv[1:])
     args = parse(argv)
     settings = suite.Settings.quick() if args.quick else suite.Settings()
     jobs = args.jobs if args.jobs is not None else min(settings.jobs, os.cpu_count() or 1)
@@ -83,7 +92,7 @@ def main(argv=None) -> Path:
     results = suite.run(quality, args.engines, settings, log) if quality else {}
     over = overhead.run(settings, log) if "overhead" in args.tasks else None
     info = {
-        "command": "./run bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "./run bench " + " ".join(argv),
         "date": datetime.date.today().isoformat(),
         "seconds": time.perf_counter() - start,
         "cpus": os.cpu_count(),

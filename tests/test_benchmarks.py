@@ -182,3 +182,30 @@ def test_trained_network_tasks_cache_reference_and_page(tmp_path, monkeypatch):
     row["reference"] = {"ess": ref["ess"]}
     page = trained.report({"grid-eps": row}, "test")
     assert "`smc-gradient`" in page and ("all met" in page or "missed" in page)
+
+
+def test_digits_benchmark_runs_every_engine_and_writes_its_page(tmp_path):
+    """``./run bench digits --quick``: every engine on both rewards, finite rows, a page and a figure."""
+    import json
+
+    from benchmarks import __main__ as bench
+    from benchmarks import digits
+
+    path = bench.main(["digits", "--quick", "--out", str(tmp_path), "--json", str(tmp_path / "d.json")])
+    assert path == tmp_path / "benchmarks_digits.md"
+    text = path.read_text()
+    assert (tmp_path / "figures" / "bench_digits.png").stat().st_size > 10_000
+    res = json.loads((tmp_path / "d.json").read_text())["results"]
+    assert {r["engine"] for r in res["class"]} == set(digits.ENGINES)
+    assert {r["engine"] for r in res["symmetry"]} == set(digits.SYMMETRY_ENGINES)
+    for row in res["class"]:
+        assert "error" not in row and row["calls_per_image"] > 0
+        assert f"`{row['engine']}`" in text
+    # equal compute: N·K denoiser calls per image for SMC, importance sampling and best-of-N
+    settings = digits.Settings.quick()
+    n, k = settings.budgets[0], settings.steps
+    calls = {r["engine"]: r["calls_per_image"] for r in res["class"]}
+    assert calls["smc-prior"] == calls["importance"] == calls["best-of-N"] == n * k
+    # the references: real 3s are 3s to both classifiers; unguided draws are mostly not
+    assert res["real_class"]["class_rate"] > 0.9 and res["real_class"]["cross_rate"] > 0.8
+    assert res["pretrained"]["class_rate"] < 0.5
