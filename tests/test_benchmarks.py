@@ -196,11 +196,14 @@ def test_digits_benchmark_runs_every_engine_and_writes_its_page(tmp_path):
     text = path.read_text()
     assert (tmp_path / "figures" / "bench_digits.png").stat().st_size > 10_000
     res = json.loads((tmp_path / "d.json").read_text())["results"]
-    assert {r["engine"] for r in res["class"]} == set(digits.ENGINES)
-    assert {r["engine"] for r in res["symmetry"]} == set(digits.SYMMETRY_ENGINES)
+    assert {r["engine"] for r in res["class"]} == {"reference", *digits.ENGINES}
+    assert {r["engine"] for r in res["symmetry"]} == {"reference", *digits.SYMMETRY_ENGINES}
     for row in res["class"]:
-        assert "error" not in row and row["calls_per_image"] > 0
-        assert f"`{row['engine']}`" in text
+        assert "error" not in row and f"`{row['engine']}`" in text
+        assert row["calls_per_image"] > 0 or row["engine"] == "reference"
+    # the reference is the weighted pool: its ESS is between 1 and the pool size
+    ref = next(r for r in res["class"] if r["engine"] == "reference")
+    assert 1 <= ref["ess"] <= digits.Settings.quick().pool
     # equal compute: N·K denoiser calls per image for SMC, importance sampling and best-of-N
     settings = digits.Settings.quick()
     n, k = settings.budgets[0], settings.steps
@@ -209,3 +212,22 @@ def test_digits_benchmark_runs_every_engine_and_writes_its_page(tmp_path):
     # the references: real 3s are 3s to both classifiers; unguided draws are mostly not
     assert res["real_class"]["class_rate"] > 0.9 and res["real_class"]["cross_rate"] > 0.8
     assert res["pretrained"]["class_rate"] < 0.5
+
+
+def test_digits_benchmark_weighted_metrics():
+    """The weighted pool's metrics: integer weights are repeated images; coverage is exp(entropy)."""
+    from benchmarks.digits import coverage, mean_pairwise
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 1, 8, 8, generator=g)
+    w = torch.tensor([1.0, 2.0, 1.0, 3.0, 1.0], dtype=torch.float64)
+    repeated = torch.cat([x[i : i + 1].expand(int(c), 1, 8, 8) for i, c in enumerate(w)])
+    # Σ_{i≠j} w_i w_j d_ij / Σ_{i≠j} w_i w_j equals the plain mean over pairs of the repeated set, with
+    # the pairs of copies of one image (distance 0) counted in the repeated set and not in the weighted one
+    flat = repeated.reshape(len(repeated), -1).double()
+    d = torch.cdist(flat, flat) / 8.0
+    same = torch.tensor([i for i, c in enumerate(w) for _ in range(int(c))])
+    distinct = same[:, None] != same[None, :]
+    assert mean_pairwise(x, w) == pytest.approx(float(d[distinct].mean()), rel=1e-12)
+    assert coverage(torch.arange(10), torch.ones(10, dtype=torch.float64)) == pytest.approx(10.0)
+    assert coverage(torch.zeros(7, dtype=torch.long), torch.ones(7, dtype=torch.float64)) == pytest.approx(1.0)
