@@ -101,6 +101,13 @@ class DigitsCNN(_Batched):
             nn.Linear(128, NUM_CLASSES),
         )
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The 128 penultimate activations, (*batch, 128): a frozen encoder for surrogates (tilted.online)."""
+        if x.shape[-3:] != EVENT_SHAPE:
+            raise ModelError(f"DigitsCNN.features takes images (*batch, 1, 8, 8), got shape {tuple(x.shape)}")
+        batch = x.shape[:-3]
+        return self.net[:-1](x.reshape(-1, *EVENT_SHAPE)).reshape(*batch, -1)
+
 
 class PixelLogistic(_Batched):
     """Multinomial logistic regression on the 64 pixels: logits = W·vec(x) + b."""
