@@ -1,7 +1,8 @@
 """``python -m benchmarks`` (``./run bench``): run the suite and write docs/benchmarks.md and its figures.
 
 ``./run bench digits [--quick]`` runs the digits benchmark instead (:mod:`benchmarks.digits`, which
-writes docs/benchmarks_digits.md).
+writes docs/benchmarks_digits.md); ``./run bench online [--quick]`` the online black-box benchmark
+(:mod:`benchmarks.online`, docs/benchmarks_online.md).
 """
 
 from __future__ import annotations
@@ -74,6 +75,10 @@ def main(argv=None) -> Path:
         from benchmarks import digits
 
         return digits.main(argv[1:])
+    if argv[:1] == ["online"]:
+        from benchmarks import online
+
+        return online.main(argv[1:])
     args = parse(argv)
     settings = suite.Settings.quick() if args.quick else suite.Settings()
     jobs = args.jobs if args.jobs is not None else min(settings.jobs, os.cpu_count() or 1)

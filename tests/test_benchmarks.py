@@ -231,3 +231,32 @@ def test_digits_benchmark_weighted_metrics():
     assert mean_pairwise(x, w) == pytest.approx(float(d[distinct].mean()), rel=1e-12)
     assert coverage(torch.arange(10), torch.ones(10, dtype=torch.float64)) == pytest.approx(10.0)
     assert coverage(torch.zeros(7, dtype=torch.long), torch.ones(7, dtype=torch.float64)) == pytest.approx(1.0)
+
+
+def test_online_benchmark_runs_every_method_and_writes_its_page(tmp_path):
+    """``./run bench online --quick``: every method on both black boxes, a curve per round, page and figure."""
+    import json
+
+    from benchmarks import __main__ as bench
+    from benchmarks import online
+
+    path = bench.main(["online", "--quick", "--out", str(tmp_path), "--json", str(tmp_path / "o.json")])
+    assert path == tmp_path / "benchmarks_online.md"
+    assert (tmp_path / "figures" / "bench_online.png").stat().st_size > 10_000
+    saved = json.loads((tmp_path / "o.json").read_text())
+    settings = online.Settings.quick()
+    text = path.read_text()
+    for task in settings.tasks:
+        assert set(saved["results"][task]["methods"]) == set(online.METHODS)
+        for method, data in saved["results"][task]["methods"].items():
+            y = torch.tensor(data["values"], dtype=torch.float64)
+            assert y.shape == (settings.seeds, settings.rounds, settings.batch_size)
+            assert torch.isfinite(y).all() and f"| {method} |" in text
+    # the best-so-far curve never decreases and ends at the largest value queried
+    c = online._curves(saved["results"]["grid"]["methods"]["ensemble"]["values"])
+    assert torch.all(c["best_runs"][:, 1:] >= c["best_runs"][:, :-1])
+    assert float(c["best_runs"][0, -1]) == max(
+        max(r) for r in saved["results"]["grid"]["methods"]["ensemble"]["values"][0]
+    )
+    rendered = bench.main(["online", "--render", str(tmp_path / "o.json"), "--out", str(tmp_path / "again")])
+    assert rendered.read_text().split("\n", 6)[6] == text.split("\n", 6)[6]

@@ -291,3 +291,24 @@ def test_the_loop_concentrates_queries_on_the_bump():
         ]
     )
     assert float(last.mean()) > 0.4
+
+
+def test_the_digits_example_runs_and_resumes(tmp_path, capsys):
+    """examples/online_digits.py as a user runs it (tiny settings), then continued for one more round."""
+    import importlib.util
+    from pathlib import Path
+
+    file = Path(__file__).parents[1] / "examples" / "online_digits.py"
+    spec = importlib.util.spec_from_file_location("online_digits", file)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    args = ["--batch-size", "4", "--steps", "5", "--out", str(tmp_path)]
+    first = example.main(["--rounds", "2", *args])
+    assert first.num_rounds == 2 and first.resumed == 0
+    assert (tmp_path / "progress.png").stat().st_size > 5_000 and (tmp_path / "best.png").exists()
+    again = example.main(["--rounds", "3", *args])
+    assert again.num_rounds == 3 and again.resumed == 2
+    assert all(
+        torch.equal(u.nan_to_num(-1e9), v.nan_to_num(-1e9)) for u, v in zip(first.y, again.y[:2], strict=True)
+    )  # NaN: failed assays, kept
+    assert "12 queries" in capsys.readouterr().out

@@ -11,12 +11,17 @@ denoiser-call budgets**. Regenerate everything on this page (tables and `docs/fi
     ./run bench --quick        # smoke version (about a minute; writes to a temporary folder)
     ./run bench --tasks ring overhead --out docs
     ./run bench digits         # the trained digits DDPM instead: docs/benchmarks_digits.md (about 15 minutes)
+    ./run bench online         # online black-box optimisation: docs/benchmarks_online.md (about 16 minutes)
 
 Every target on this page has an exact denoiser, so its law is known. On a **trained image model**
 (the digits DDPM of `tilted.pretrained`), where no law is known, the DAS Figure-2 comparison (target
 reward, the reward of a classifier no engine sees, diversity and class coverage, against compute and
 temperature) is on its own page, [benchmarks_digits.md](benchmarks_digits.md), written by
 `./run bench digits`; trained networks on the toys: [benchmarks_trained.md](benchmarks_trained.md).
+**Online black-box optimisation** (`tilted.online`: best and mean true value against the query budget
+on the grid toy and the digits model, for each surrogate, optimism off, best-of-N against the
+surrogate and random search, 3 seeds with their range) is on
+[benchmarks_online.md](benchmarks_online.md), written by `./run bench online`.
 
 ## Method
 

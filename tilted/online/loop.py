@@ -81,6 +81,25 @@ class History:
             ]
         )
 
+    def plot(self, ax=None):
+        """Best value so far and each round's batch mean (with its failed-query count) against the
+        number of queries; returns the matplotlib axes."""
+        import matplotlib.pyplot as plt
+
+        ax = plt.subplots(figsize=(6, 3.5))[1] if ax is None else ax
+        q = self.queries.numpy()
+        ax.plot(q, self.best().numpy(), marker="o", label="best so far")
+        ax.plot(q, self.mean().numpy(), marker="s", label="mean of the round's batch")
+        for qi, y in zip(q, self.y, strict=True):
+            failed = int((~torch.isfinite(y)).sum())
+            if failed:
+                ax.annotate(f"{failed} failed", (qi, float(_nanmax(y))), fontsize=7, color="crimson")
+        ax.set_xlabel("queries")
+        ax.set_ylabel("black-box value")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        return ax
+
     def best_x(self) -> torch.Tensor:
         """The queried point with the largest finite value."""
         x, y = torch.cat(self.x), torch.cat(self.y)
