@@ -138,7 +138,7 @@ def test_bad_settings_raise():
     with pytest.raises(ModelError, match="covariance"):
         GaussianSoftValue(model, covariance="diagonal")
     masked = MaskedDiffusion(data=TabularSequences(torch.full((2, 2), 0.25)), num_steps=2)
-    with pytest.raises(ModelError, match="GaussianDiffusion"):
+    with pytest.raises(ModelError, match="Gaussian-path process"):
         GaussianSoftValue(make_model(masked, lambda x: x.sum(-1).double()))
 
 

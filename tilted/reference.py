@@ -20,6 +20,9 @@ them (all in float64):
        g_k = √ᾱ_{k-1} − s_k √ᾱ_k/√(1−ᾱ_k),  h_k = s_k/√(1−ᾱ_k),  s_k = √(1 − ᾱ_{k-1} − σ_k²),
        M_k = g_k A_k + h_k I,  m_k = g_k c_k.
 
+   On any Gaussian path x_k = a_k x₀ + s_k ε (flow matching: a = 1 − t, s = t) the same holds with
+   A_k = a_k Σ C_k⁻¹, C_k = a_k² Σ + s_k² I, c_k = μ − a_k A_k μ, g_k = a_{k-1} − r_k a_k/s_k,
+   h_k = r_k/s_k, r_k = √(s_{k-1}² − σ_k²) (for a = √ᾱ, s = √(1 − ᾱ) these are the formulas above).
    Marginals, the conditional law of x₀ given x_k, the chain's tilted target and the exact soft value
    ψ_k(x) = log E[exp(r(x₀)/α) | x_k = x] (a quadratic in x) follow by composing affine maps.
 
@@ -41,7 +44,7 @@ import math
 import torch
 
 from tilted._random import Seed, as_generator
-from tilted.distributions.gaussian import GaussianDiffusion
+from tilted.distributions.gaussian import GaussianDiffusion, GaussianPath
 from tilted.distributions.mixture import GaussianMixture
 from tilted.errors import ModelError, NoDensityError, ShapeError
 from tilted.rewards.analytic import Quadratic
@@ -235,10 +238,12 @@ class LinearGaussianChain:
       a quadratic in x.
     """
 
-    def __init__(self, process: GaussianDiffusion):
+    def __init__(self, process: GaussianPath):
         data = getattr(process, "data", None)
-        if not isinstance(process, GaussianDiffusion) or not isinstance(data, GaussianMixture):
-            raise ModelError("LinearGaussianChain needs a GaussianDiffusion built with data=GaussianMixture(...)")
+        if not isinstance(process, GaussianPath) or not isinstance(data, GaussianMixture):
+            raise ModelError(
+                "LinearGaussianChain needs a GaussianDiffusion or FlowMatching built with data=GaussianMixture(...)"
+            )
         if data.num_components != 1:
             raise ModelError(f"the data law must be one Gaussian (got {data.num_components} components)")
         if process.clip_sample is not None:
@@ -248,13 +253,15 @@ class LinearGaussianChain:
         self.dim = d = data.dim
         mu, sig = data.means[0], data.covariances[0]
         eye = torch.eye(d, dtype=F64)
-        ac, sigma = process.alphas_cumprod.to(F64), process.sigmas.to(F64)
-        a, a_prev, s2 = ac[1:, None, None], ac[:-1, None, None], sigma[1:, None, None] ** 2
+        # the path x_k = a_k x_0 + s_k ε (GaussianDiffusion: a = √ᾱ, s = √(1 − ᾱ))
+        sig_, noise, sigma = process.signal.to(F64), process.noise.to(F64), process.sigmas.to(F64)
+        a, a_prev = sig_[1:, None, None], sig_[:-1, None, None]
+        n, n_prev, s2 = noise[1:, None, None], noise[:-1, None, None], sigma[1:, None, None] ** 2
         # sig is expanded: with K == d, solve() would read a (d, d) right-hand side as K vectors
-        gain = a.sqrt() * torch.linalg.solve(a * sig + (1 - a) * eye, sig.expand(K, d, d)).mT  # A_k = √ᾱ_k Σ C_k⁻¹
-        offset = mu - a[..., 0].sqrt() * (gain @ mu)  # c_k
-        s = (1 - a_prev - s2).clamp_min(0).sqrt()
-        g, h = a_prev.sqrt() - s * (a / (1 - a)).sqrt(), s / (1 - a).sqrt()
+        gain = a * torch.linalg.solve(a**2 * sig + n**2 * eye, sig.expand(K, d, d)).mT  # A_k = a_k Σ C_k⁻¹
+        offset = mu - a[..., 0] * (gain @ mu)  # c_k
+        s = (n_prev**2 - s2).clamp_min(0).sqrt()
+        g, h = a_prev - s * a / n, s / n
         # index k − 1 holds step k (x_k → x_{k-1})
         self._M, self._m, self._sigma = g * gain + h * eye, g[..., 0] * offset, sigma[1:]
         means, covs = [torch.zeros(d, dtype=F64)], [eye]

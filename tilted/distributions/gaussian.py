@@ -10,6 +10,15 @@ x̂_0 = x̂_0(x_k, τ_k), sets ε̂ = (x_k − √ᾱ_k x̂_0)/√(1 − ᾱ_k) 
 η = 1 is DDPM with the "fixed_small" variance (Ho et al. 2020, eq. 7), η = 0 deterministic DDIM.
 With ᾱ_0 = 1 the last step is the deterministic map x_0 = x̂_0(x_1): it has no density, and
 engines treat it as an identity move followed by the exact reward.
+
+Both this model and flow matching (:class:`~tilted.distributions.FlowMatching`) are
+:class:`GaussianPath` processes: x_k = a_k x_0 + s_k ε on a grid of levels, with the step above written
+for any (a, s) — ε̂ = (x_k − a_k x̂_0)/s_k and
+
+    x_{k-1} ~ N( a_{k-1} x̂_0 + √(s_{k-1}² − σ_k²) ε̂ ,  σ_k² I ),   σ_k² = η² s_{k-1}² (1 − SNR_k/SNR_{k-1}),
+
+SNR = a²/s². For a = √ᾱ, s = √(1 − ᾱ) this is the DDIM step above. Engines read only this interface
+(x̂_0, the step's moments, ᾱ_k = a_k²/(a_k² + s_k²) and :meth:`GaussianPath.kernel`), never the subclass.
 """
 
 from __future__ import annotations
@@ -71,7 +80,101 @@ def _diffusers_schedule(schedule, num_train_timesteps: int, timestep_spacing: st
     return DDIMScheduler(num_train_timesteps=ac.numel(), trained_betas=betas.numpy(), timestep_spacing=timestep_spacing)
 
 
-class GaussianDiffusion(SequentialProcess):
+def path_sigmas(signal: torch.Tensor, noise: torch.Tensor, eta: float) -> torch.Tensor:
+    """σ_k (k = 0, …, K; σ_0 = 0 unused) of the η-step between levels with coefficients (a_k, s_k):
+    σ_k² = η² s_{k-1}² (1 − SNR_k/SNR_{k-1}), SNR = a²/s², the DDPM posterior variance (η = 1) in any scaling."""
+    a, a_prev, s, s_prev = signal[1:], signal[:-1], noise[1:], noise[:-1]
+    var = eta**2 * s_prev**2 * (1 - (a * s_prev) ** 2 / (s * a_prev) ** 2)
+    return torch.cat([signal.new_zeros(1), var.clamp_min(0).sqrt()])
+
+
+class GaussianPath(SequentialProcess):
+    """A chain on a Gaussian path x_k = a_k x_0 + s_k ε, x_K ~ N(0, I), with η-steps (module docstring).
+
+    Subclasses set, for levels k = 0, …, K (float64 tensors): :attr:`signal` a_k, :attr:`noise` s_k
+    (s_k > 0 for k ≥ 1), :attr:`alphas_cumprod` ᾱ_k = a_k²/(a_k² + s_k²) (the signal fraction, which is
+    the noise level of the equivalent variance-preserving diffusion), :attr:`sigmas` σ_k; and they
+    implement :meth:`predict` (x̂_0) and :meth:`time` (the level's time as a fraction of the noise scale).
+    """
+
+    signal: torch.Tensor
+    noise: torch.Tensor
+    alphas_cumprod: torch.Tensor
+    sigmas: torch.Tensor
+
+    def _set_path(self, signal: torch.Tensor, noise: torch.Tensor, eta: float) -> None:
+        self.signal, self.noise = signal.to(torch.float64), noise.to(torch.float64)
+        self.alphas_cumprod = self.signal**2 / (self.signal**2 + self.noise**2)
+        self.sigmas = path_sigmas(self.signal, self.noise, eta)
+
+    def time(self, k: int) -> float:
+        """The time of level k in [0, 1] (0: data, 1: noise)."""
+        raise NotImplementedError
+
+    def kernel(self, **options):
+        """What SMC moves with on this process: Gaussian moves with x̂_0 and gradients through the denoiser."""
+        from tilted.inference.proposals import GaussianKernel
+
+        return GaussianKernel(self)
+
+    def is_deterministic(self, k: int) -> bool:
+        return bool(self.sigmas[k] == 0)
+
+    def initial(self):
+        loc = torch.zeros(self.event_shape, device=self.device)
+        return torch.distributions.Independent(torch.distributions.Normal(loc, 1.0), len(self.event_shape))
+
+    def draw_initial(self, shape, generator=None):
+        return torch.randn(torch.Size(shape) + self.event_shape, generator=generator, device=self.device)
+
+    def _context(self, batch: torch.Size) -> dict[str, Any]:
+        """The context for a flattened batch: tensors with a leading group dimension P are read per group."""
+        if not self.batch_shape:
+            return self.context
+        P = self.batch_shape[0]
+        return {
+            name: v.expand(batch + v.shape[1:]).reshape((-1,) + v.shape[1:])
+            if isinstance(v, torch.Tensor) and v.ndim >= 1 and v.shape[0] == P
+            else v
+            for name, v in self.context.items()
+        }
+
+    def _check_trailing(self, x: torch.Tensor) -> None:
+        trailing = self.batch_shape + self.event_shape
+        if x.shape[x.ndim - len(trailing) :] != trailing:
+            raise ShapeError(
+                f"expected x with trailing shape {tuple(trailing)} (groups, then the event), got {tuple(x.shape)}"
+            )
+
+    def transition_moments(self, x: torch.Tensor, k: int, prediction: torch.Tensor | None = None):
+        """Mean and standard deviation (a float) of p(x_{k-1} | x_k)."""
+        x0 = self.predict(x, k) if prediction is None else prediction
+        a, a_prev = float(self.signal[k]), float(self.signal[k - 1])
+        s, s_prev = float(self.noise[k]), float(self.noise[k - 1])
+        sigma = float(self.sigmas[k])
+        eps = (x - a * x0) / s
+        mean = a_prev * x0 + math.sqrt(max(s_prev**2 - sigma**2, 0.0)) * eps
+        return mean, sigma
+
+    def forward_moments(self, x: torch.Tensor, k: int):
+        """Mean and standard deviation of the forward kernel q(x_k | x_{k-1} = x) of the path."""
+        ratio = float(self.signal[k] / self.signal[k - 1])
+        return ratio * x, math.sqrt(max(float(self.noise[k]) ** 2 - ratio**2 * float(self.noise[k - 1]) ** 2, 0.0))
+
+    def transition(self, x, k, prediction=None):
+        mean, sigma = self.transition_moments(x, k, prediction)
+        if sigma == 0:
+            return PointMass(mean, event_dim=len(self.event_shape))
+        return torch.distributions.Independent(torch.distributions.Normal(mean, sigma), len(self.event_shape))
+
+    def draw_transition(self, x, k, generator=None, prediction=None):
+        mean, sigma = self.transition_moments(x, k, prediction)
+        if sigma == 0:
+            return mean
+        return mean + sigma * torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
+
+
+class GaussianDiffusion(GaussianPath):
     """A pretrained Gaussian diffusion model as a Pyro distribution over x_0 (see module docstring).
 
     Parameters
@@ -174,12 +277,9 @@ class GaussianDiffusion(SequentialProcess):
         )
         if (levels[1:] >= levels[:-1]).any():
             raise ModelError("inference noise levels must strictly decrease from x_0 to x_K")
-        #: ᾱ_k for levels k = 0, …, K (index by level)
-        self.alphas_cumprod = levels
-        prev, cur = levels[:-1], levels[1:]
-        var = eta**2 * (1 - prev) / (1 - cur) * (1 - cur / prev)
-        #: σ_k for k = 0, …, K (σ_0 = 0 is unused)
-        self.sigmas = torch.cat([levels.new_zeros(1), var.clamp_min(0).sqrt()])
+        # a_k = √ᾱ_k, s_k = √(1 − ᾱ_k); ᾱ_k (index by level) and σ_k (σ_0 = 0 unused) follow
+        self._set_path(levels.sqrt(), (1 - levels).sqrt(), eta)
+        self.alphas_cumprod = levels  # exactly the schedule's values
 
     @classmethod
     def from_diffusers(cls, denoiser, scheduler, num_steps: int, **kwargs) -> GaussianDiffusion:
@@ -193,40 +293,17 @@ class GaussianDiffusion(SequentialProcess):
         """Training timestep τ_k of level k ≥ 1."""
         return int(self.timesteps[self.num_steps - k])
 
-    def is_deterministic(self, k: int) -> bool:
-        return bool(self.sigmas[k] == 0)
-
-    # -- the chain --------------------------------------------------------------------------
-    def initial(self):
-        loc = torch.zeros(self.event_shape, device=self.device)
-        return torch.distributions.Independent(torch.distributions.Normal(loc, 1.0), len(self.event_shape))
-
-    def draw_initial(self, shape, generator=None):
-        return torch.randn(torch.Size(shape) + self.event_shape, generator=generator, device=self.device)
+    def time(self, k: int) -> float:
+        """τ_k / T, the training timestep of level k as a fraction of the training schedule (0 at k = 0)."""
+        return self.timestep(k) / len(self.scheduler.alphas_cumprod) if k else 0.0
 
     @property
     def device(self) -> torch.device:
         return super().device if self.data is None else torch.device("cpu")
 
-    def _context(self, batch: torch.Size) -> dict[str, Any]:
-        """The context for a flattened batch: tensors with a leading group dimension P are read per group."""
-        if not self.batch_shape:
-            return self.context
-        P = self.batch_shape[0]
-        return {
-            name: v.expand(batch + v.shape[1:]).reshape((-1,) + v.shape[1:])
-            if isinstance(v, torch.Tensor) and v.ndim >= 1 and v.shape[0] == P
-            else v
-            for name, v in self.context.items()
-        }
-
     def predict(self, x: torch.Tensor, k: int) -> torch.Tensor:
         """x̂_0(x_k): the exact posterior mean for a data law, else the converted network output."""
-        trailing = self.batch_shape + self.event_shape
-        if x.shape[x.ndim - len(trailing) :] != trailing:
-            raise ShapeError(
-                f"expected x with trailing shape {tuple(trailing)} (groups, then the event), got {tuple(x.shape)}"
-            )
+        self._check_trailing(x)
         a = float(self.alphas_cumprod[k])
         if self.data is not None:
             out = self.data.posterior_mean(x, a)
@@ -252,27 +329,6 @@ class GaussianDiffusion(SequentialProcess):
             out = out.clamp(-self.clip_sample, self.clip_sample)
         _check_finite(out, k, self.timestep(k) if k else None, "x̂_0")
         return out
-
-    def transition_moments(self, x: torch.Tensor, k: int, prediction: torch.Tensor | None = None):
-        """Mean and standard deviation (a float) of p(x_{k-1} | x_k)."""
-        x0 = self.predict(x, k) if prediction is None else prediction
-        a, a_prev = float(self.alphas_cumprod[k]), float(self.alphas_cumprod[k - 1])
-        sigma = float(self.sigmas[k])
-        eps = (x - math.sqrt(a) * x0) / math.sqrt(1 - a)
-        mean = math.sqrt(a_prev) * x0 + math.sqrt(max(1 - a_prev - sigma**2, 0.0)) * eps
-        return mean, sigma
-
-    def transition(self, x, k, prediction=None):
-        mean, sigma = self.transition_moments(x, k, prediction)
-        if sigma == 0:
-            return PointMass(mean, event_dim=len(self.event_shape))
-        return torch.distributions.Independent(torch.distributions.Normal(mean, sigma), len(self.event_shape))
-
-    def draw_transition(self, x, k, generator=None, prediction=None):
-        mean, sigma = self.transition_moments(x, k, prediction)
-        if sigma == 0:
-            return mean
-        return mean + sigma * torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
 
 
 def _check_finite(value: torch.Tensor, k: int, timestep: int | None, what: str) -> None:

@@ -178,6 +178,12 @@ class MaskedDiffusion(SequentialProcess):
     def placeholder(self) -> torch.Tensor:
         return torch.zeros(self.event_shape, dtype=torch.long, device=self.device)
 
+    def kernel(self, fill: str = "soft", num_fills: int = 4, **options):
+        """What SMC moves with on this process: categorical moves and fill potentials (:mod:`tilted.inference.discrete`)."""
+        from tilted.inference.discrete import MaskedKernel
+
+        return MaskedKernel(self, fill, num_fills)
+
     def predict(self, x: torch.Tensor, k: int) -> torch.Tensor:
         """x̂_0(x_k): per-position probabilities over the V clean tokens, (..., L, V), float64.
 

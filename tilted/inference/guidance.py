@@ -104,9 +104,8 @@ class Guidance(ChainEngine):
         for i in range(times):
             prev = self.move(plan, values, x, k, generator)
             if i + 1 < times:  # time travel: x_k ~ q(x_k | x_{k-1}), the forward kernel
-                ratio = float(process.alphas_cumprod[k] / process.alphas_cumprod[k - 1])
-                noise = torch.randn(prev.shape, generator=generator, dtype=prev.dtype, device=prev.device)
-                x = math.sqrt(ratio) * prev + math.sqrt(1 - ratio) * noise
+                mean, sd = process.forward_moments(prev, k)
+                x = mean + sd * torch.randn(prev.shape, generator=generator, dtype=prev.dtype, device=prev.device)
         return Walk(k - 1, prev), self.info(plan, prev.shape[0])
 
     def config(self) -> dict:
@@ -202,7 +201,7 @@ class FreeDoM(Guidance):
     @staticmethod
     def _time(process, k: int) -> float:
         """τ_k / T: the training time of level k as a fraction."""
-        return process.timestep(k) / len(process.scheduler.alphas_cumprod)
+        return process.time(k)
 
     def step_size(self, process, k: int) -> float:
         if self._time(process, k) <= self.stop:

@@ -31,7 +31,7 @@ from collections.abc import Callable
 import torch
 
 from tilted._random import Seed, as_generator
-from tilted.distributions.gaussian import GaussianDiffusion
+from tilted.distributions.gaussian import GaussianPath
 from tilted.errors import ModelError
 from tilted.inference.result import Counts
 from tilted.plan import read_plan
@@ -189,9 +189,10 @@ class GaussianSoftValue(Twist):
         if covariance not in COVARIANCES:
             raise ModelError(f"covariance must be one of {COVARIANCES}, got {covariance!r}")
         self.plan = read_plan(model, *args, **kwargs)
-        if not isinstance(self.plan.process, GaussianDiffusion):
+        if not isinstance(self.plan.process, GaussianPath):
             raise ModelError(
-                f"GaussianSoftValue needs a GaussianDiffusion process, got {type(self.plan.process).__name__}"
+                f"GaussianSoftValue needs a Gaussian-path process (diffusion or flow matching), got "
+                f"{type(self.plan.process).__name__}"
             )
         if self.plan.grouped:
             raise ModelError(
@@ -231,8 +232,13 @@ class GaussianSoftValue(Twist):
         n, d = x0.shape[0], x0[0].numel()
         if k == 0:
             return torch.zeros(n, d, d, dtype=F64, device=x0.device)
-        a = float(self.plan.process.alphas_cumprod[k])
-        c = (1 - a) / math.sqrt(a)
+        process = self.plan.process
+        if float(process.signal[k]) == 0:
+            raise ModelError(
+                f"GaussianSoftValue: level {k} is pure noise (a_k = 0), where Tweedie's covariance (s²/a)∂x̂_0/∂x "
+                "is undefined; use a time grid that stops short of t = 1 (FlowMatching(t_max=...))"
+            )
+        c = float(process.noise[k]) ** 2 / float(process.signal[k])  # Tweedie: Σ_k = (s²/a) ∂x̂_0/∂x_k
         flat = x0.reshape(n, d)
         if self.covariance == "scalar":
             (vj,) = torch.autograd.grad(flat, leaf, probes.to(flat.dtype), retain_graph=True)

@@ -31,7 +31,7 @@ import warnings
 
 import torch
 
-from tilted.distributions.gaussian import GaussianDiffusion
+from tilted.distributions.gaussian import GaussianPath
 from tilted.distributions.masked import MaskedDiffusion
 from tilted.inference.candidates import choose, expand, take, top
 from tilted.inference.discrete import check_fill
@@ -43,7 +43,7 @@ from tilted.plan import Plan
 class CandidateSearch(ChainEngine):
     """Base of the search engines: candidate expansion and scoring (module docstring)."""
 
-    processes = (GaussianDiffusion, MaskedDiffusion)
+    processes = (GaussianPath, MaskedDiffusion)
 
     def __init__(
         self,

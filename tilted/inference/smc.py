@@ -20,8 +20,9 @@ The Feynman–Kac system walks the chain's levels k = K, …, 0 with N particles
 Each step makes one batched denoiser call and one reward call per factor (with one gradient per
 factor for the gradient proposal), evaluated in micro-batches of ``batch_size`` particles. What
 depends on the process type (evaluating x̂_0 and the rewards, φ, drawing x_K, the move) is one kernel
-object: :class:`~tilted.inference.proposals.GaussianKernel` or
-:class:`~tilted.inference.discrete.MaskedKernel`; the rest is shared.
+object, which the process provides (``process.kernel()``):
+:class:`~tilted.inference.proposals.GaussianKernel` for every Gaussian path (diffusion, flow matching)
+or :class:`~tilted.inference.discrete.MaskedKernel`; the rest is shared.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import torch
 from tqdm.auto import tqdm
 
 from tilted._random import Seed, as_generator
-from tilted.distributions.gaussian import GaussianDiffusion
+from tilted.distributions.gaussian import GaussianPath
 from tilted.distributions.masked import MaskedDiffusion
 from tilted.errors import DegenerateWeightsError, ModelError, NoDensityError, NonFiniteError
 from tilted.inference.discrete import MaskedKernel, check_fill
@@ -187,18 +188,15 @@ class SMC:
     # -- configuration read from the model ---------------------------------------------------
     def _setup(self, plan: Plan) -> None:
         process = plan.process
-        if isinstance(process, MaskedDiffusion):  # categorical moves and fill potentials (inference.discrete)
-            if self.proposal == "gradient" and isinstance(self.potential, Twist):
-                raise ModelError(
-                    "the Taylor proposal differentiates the rewards at x̂_0, not a twist; use proposal='prior'"
-                )
-            self._kernel = MaskedKernel(process, self.fill, self.num_fills)
-        elif isinstance(process, GaussianDiffusion):  # Gaussian moves (inference.proposals)
-            self._kernel = GaussianKernel(process)
-        else:
+        kernel = getattr(process, "kernel", None)
+        if kernel is None:
             raise ModelError(
-                f"{type(self).__name__} runs Gaussian and masked diffusion processes, got {type(process).__name__}"
+                f"{type(self).__name__} runs processes that provide kernel() (Gaussian paths: diffusion and flow "
+                f"matching; masked diffusion), got {type(process).__name__}"
             )
+        if self.proposal == "gradient" and isinstance(self.potential, Twist) and isinstance(process, MaskedDiffusion):
+            raise ModelError("the Taylor proposal differentiates the rewards at x̂_0, not a twist; use proposal='prior'")
+        self._kernel = kernel(fill=self.fill, num_fills=self.num_fills)
         K = process.num_steps
         self._device = device = process.device
         inner = [k for k in process.levels if k > 1 and process.is_deterministic(k)]
@@ -232,7 +230,7 @@ class SMC:
     def _potential_weights(self, process, device) -> torch.Tensor:
         """w_k for levels k = 0, …, K (w_0 = 1: the final level is exact)."""
         K = process.num_steps
-        if self.potential_weight == "none" or not isinstance(process, GaussianDiffusion):
+        if self.potential_weight == "none" or not isinstance(process, GaussianPath):
             return torch.ones(K + 1, dtype=torch.float64, device=device)
         abar = process.alphas_cumprod.to(device, torch.float64)
         if self.potential_weight == "signal":

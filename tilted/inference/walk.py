@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from tilted._random import Seed, as_generator
-from tilted.distributions.gaussian import GaussianDiffusion
+from tilted.distributions.gaussian import GaussianPath
 from tilted.errors import ModelError
 from tilted.inference.result import Counts, Result, StepInfo, collect
 from tilted.inference.values import Values
@@ -87,7 +87,7 @@ class ChainEngine:
     fill: str = "soft"
     num_fills: int = 4
     #: the processes the engine runs
-    processes: tuple[type, ...] = (GaussianDiffusion,)
+    processes: tuple[type, ...] = (GaussianPath,)
 
     def __init__(self, model, num_particles: int, *, num_runs=None, batch_size=None, progress=None):
         positive_int("num_particles", num_particles)
