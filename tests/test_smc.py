@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from scipy.stats import norm
 
 import tilted
-from tilted.distributions import GaussianDiffusion, GaussianMixture
+from tilted.distributions import FlowMatching, GaussianDiffusion, GaussianMixture
 from tilted.errors import DegenerateWeightsError, ModelError, NoDensityError, NonFiniteError
 from tilted.inference import SMC, Importance, Twist
 from tilted.reference import LinearGaussianChain
@@ -31,8 +31,10 @@ def z_for(num_comparisons: int, family_rate: float = 1e-3) -> float:
     return max(4.0, float(norm.isf(family_rate / (2 * num_comparisons))))
 
 
-def gaussian_process(mean, cov, num_steps=10, eta=1.0, **kw):
-    return GaussianDiffusion(data=GaussianMixture(torch.as_tensor(mean)[None], cov), num_steps=num_steps, eta=eta, **kw)
+def gaussian_process(mean, cov, num_steps=10, eta=1.0, family="diffusion", **kw):
+    """One-Gaussian data through a DDPM (``family="diffusion"``) or a flow-matching chain (``"flow"``)."""
+    cls = {"diffusion": GaussianDiffusion, "flow": FlowMatching}[family]
+    return cls(data=GaussianMixture(torch.as_tensor(mean)[None], cov), num_steps=num_steps, eta=eta, **kw)
 
 
 def make_model(process, reward, temperature=1.0, tempering=None):
@@ -102,12 +104,14 @@ def test_constant_shift_of_reward_only_shifts_evidence(name, float64):
     assert torch.allclose(b.log_evidence - a.log_evidence, torch.full((2,), 2.0, dtype=torch.float64), atol=1e-9)
 
 
+@pytest.mark.parametrize("family", ["diffusion", "flow"])
 @pytest.mark.parametrize("num_particles", [1, 3, 17])
 @pytest.mark.parametrize("eta", [1.0, 0.6])
-def test_exact_twist_gives_constant_weights_and_exact_evidence(num_particles, eta, float64):
+def test_exact_twist_gives_constant_weights_and_exact_evidence(num_particles, eta, family, float64):
     """Linear reward on a linear-Gaussian chain: with ψ the exact soft value and the gradient proposal
     (also for x_K), every increment is the same constant, so ESS = N at every step and log Ẑ is exact."""
-    process = gaussian_process([1.0, -2.0, 0.5], torch.diag(torch.tensor([0.5, 2.0, 1.0])), num_steps=12, eta=eta)
+    cov = torch.diag(torch.tensor([0.5, 2.0, 1.0]))
+    process = gaussian_process([1.0, -2.0, 0.5], cov, num_steps=12, eta=eta, family=family)
     reward, alpha = Quadratic.linear([1.5, -0.5, 2.0]), 0.7
     chain = LinearGaussianChain(process)
     _, _, log_z = chain.tilted(reward, alpha)
@@ -235,12 +239,13 @@ def run_against_chain(name, process, reward, alpha, N=256, R=32, seed=0, z=4.0):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("family", ["diffusion", "flow"])
 @pytest.mark.parametrize("name", sorted(ENGINES))
-def test_every_engine_matches_the_closed_form(name):
-    process = gaussian_process([1.0, -1.0], [[1.0, 0.4], [0.4, 0.6]], num_steps=10)
+def test_every_engine_matches_the_closed_form(name, family):
+    process = gaussian_process([1.0, -1.0], [[1.0, 0.4], [0.4, 0.6]], num_steps=10, family=family)
     reward = Quadratic(A=[[-0.4, 0.1], [0.1, -0.2]], b=[1.0, 0.5])
-    # 25 engines × (2 means + 3 distinct covariances + 1 evidence) comparisons
-    z = z_for(len(ENGINES) * 6)
+    # 2 families × 25 engines × (2 means + 3 distinct covariances + 1 evidence) comparisons
+    z = z_for(2 * len(ENGINES) * 6)
     res, log_z = run_against_chain(name, process, reward, 0.8, z=z)
     ratio = (res.log_evidence - log_z).exp()
     if not name.endswith("adaptive"):  # Ẑ is unbiased for fixed schedules only

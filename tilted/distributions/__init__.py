@@ -1,7 +1,8 @@
 """Sequential distributions (diffusion models) and analytic data laws with exact denoisers."""
 
 from tilted.distributions.adapters import from_diffusers
-from tilted.distributions.gaussian import GaussianDiffusion, PointMass
+from tilted.distributions.flow import FlowMatching
+from tilted.distributions.gaussian import GaussianDiffusion, GaussianPath, PointMass
 from tilted.distributions.masked import MaskedDiffusion
 from tilted.distributions.mixture import GaussianMixture
 from tilted.distributions.pipelines import GuidedUNet, LatentDiffusion, VAEDecoder, from_pipeline
@@ -9,7 +10,9 @@ from tilted.distributions.process import SequentialProcess
 from tilted.distributions.tabular import TableReward, TabularSequences
 
 __all__ = [
+    "FlowMatching",
     "GaussianDiffusion",
+    "GaussianPath",
     "GaussianMixture",
     "GuidedUNet",
     "LatentDiffusion",

@@ -99,6 +99,8 @@ class GaussianPath(SequentialProcess):
 
     signal: torch.Tensor
     noise: torch.Tensor
+    #: what the network is called in errors
+    network_name = "denoiser"
     alphas_cumprod: torch.Tensor
     sigmas: torch.Tensor
 
@@ -145,6 +147,22 @@ class GaussianPath(SequentialProcess):
             raise ShapeError(
                 f"expected x with trailing shape {tuple(trailing)} (groups, then the event), got {tuple(x.shape)}"
             )
+
+    def _network(self, x, dtype, t: float, what: str, name: str, k: int, timestep) -> torch.Tensor:
+        """The network's output at x (batch + event) and time t, flattened to one batch, checked, in x's dtype."""
+        batch = x.shape[: x.ndim - len(self.event_shape)]
+        flat = x.reshape((-1,) + self.event_shape)
+        tt = torch.full((flat.shape[0],), t, dtype=dtype, device=x.device)
+        out = self.denoiser(flat, tt, **self._context(batch))
+        out = getattr(out, "sample", out)
+        if not isinstance(out, torch.Tensor) or out.shape != flat.shape:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ShapeError(
+                f"the {self.network_name} returned {got} for an input of shape {tuple(flat.shape)}; it must return one "
+                f"{what} per input element (same shape as x_t)"
+            )
+        _check_finite(out, k, timestep, name)
+        return out.to(x.dtype).reshape(batch + self.event_shape)
 
     def transition_moments(self, x: torch.Tensor, k: int, prediction: torch.Tensor | None = None):
         """Mean and standard deviation (a float) of p(x_{k-1} | x_k)."""
@@ -229,26 +247,14 @@ class GaussianDiffusion(GaussianPath):
         context: Mapping[str, Any] | None = None,
         batch_shape: tuple[int, ...] | torch.Size = (),
     ):
-        if (denoiser is None) == (data is None):
-            raise ModelError("give exactly one of denoiser= (a network or callable) and data= (a data law)")
+        event_shape = _checked_arguments("denoiser", denoiser, data, event_shape, num_steps, clip_sample, (3, 64, 64))
         if data is not None:
-            if event_shape is not None and torch.Size(event_shape) != torch.Size(data.event_shape):
-                raise ShapeError(
-                    f"event_shape {tuple(event_shape)} differs from the data law's {tuple(data.event_shape)}"
-                )
-            event_shape = data.event_shape
             prediction_type = "sample"
-        if event_shape is None:
-            raise ModelError("event_shape is required with a denoiser, e.g. event_shape=(3, 64, 64)")
         if prediction_type not in PREDICTION_TYPES:
             raise ModelError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
-        if isinstance(num_steps, bool) or int(num_steps) != num_steps or num_steps < 1:
-            raise ModelError(f"num_steps must be a positive integer, got {num_steps!r}")
         eta = float(eta)
         if not math.isfinite(eta) or eta < 0:
             raise ModelError(f"eta must be finite and ≥ 0, got {eta}")
-        if clip_sample is not None and not clip_sample > 0:
-            raise ModelError(f"clip_sample must be a positive bound or None, got {clip_sample}")
         scheduler = _diffusers_schedule(schedule, num_train_timesteps, timestep_spacing)
         train_ac = scheduler.alphas_cumprod.to(torch.float64)
         if not torch.isfinite(train_ac).all() or (train_ac <= 0).any():
@@ -308,19 +314,8 @@ class GaussianDiffusion(GaussianPath):
         if self.data is not None:
             out = self.data.posterior_mean(x, a)
         else:
-            batch = x.shape[: x.ndim - len(self.event_shape)]
-            flat = x.reshape((-1,) + self.event_shape)
-            t = torch.full((flat.shape[0],), self.timestep(k), dtype=torch.long, device=x.device)
-            out = self.denoiser(flat, t, **self._context(batch))
-            out = getattr(out, "sample", out)
-            if not isinstance(out, torch.Tensor) or out.shape != flat.shape:
-                got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-                raise ShapeError(
-                    f"the denoiser returned {got} for an input of shape {tuple(flat.shape)}; it must return one "
-                    f"{self.prediction_type} prediction per input element (same shape as x_t)"
-                )
-            _check_finite(out, k, self.timestep(k), f"the denoiser's {self.prediction_type} prediction")
-            out = out.to(x.dtype).reshape(batch + self.event_shape)
+            what = f"{self.prediction_type} prediction"
+            out = self._network(x, torch.long, self.timestep(k), what, f"the denoiser's {what}", k, self.timestep(k))
             if self.prediction_type == "epsilon":
                 out = (x - math.sqrt(1 - a) * out) / math.sqrt(a)
             elif self.prediction_type == "v_prediction":
@@ -329,6 +324,23 @@ class GaussianDiffusion(GaussianPath):
             out = out.clamp(-self.clip_sample, self.clip_sample)
         _check_finite(out, k, self.timestep(k) if k else None, "x̂_0")
         return out
+
+
+def _checked_arguments(name, network, data, event_shape, num_steps, clip_sample, example) -> torch.Size:
+    """The event shape, after the checks every Gaussian path shares: one of network/data, shapes, K, clipping."""
+    if (network is None) == (data is None):
+        raise ModelError(f"give exactly one of {name}= (a network or callable) and data= (a data law)")
+    if data is not None:
+        if event_shape is not None and torch.Size(event_shape) != torch.Size(data.event_shape):
+            raise ShapeError(f"event_shape {tuple(event_shape)} differs from the data law's {tuple(data.event_shape)}")
+        event_shape = data.event_shape
+    if event_shape is None:
+        raise ModelError(f"event_shape is required with a {name} network, e.g. event_shape={example}")
+    if isinstance(num_steps, bool) or int(num_steps) != num_steps or num_steps < 1:
+        raise ModelError(f"num_steps must be a positive integer, got {num_steps!r}")
+    if clip_sample is not None and not clip_sample > 0:
+        raise ModelError(f"clip_sample must be a positive bound or None, got {clip_sample}")
+    return torch.Size(event_shape)
 
 
 def _check_finite(value: torch.Tensor, k: int, timestep: int | None, what: str) -> None:

@@ -236,7 +236,7 @@ class GaussianSoftValue(Twist):
         if float(process.signal[k]) == 0:
             raise ModelError(
                 f"GaussianSoftValue: level {k} is pure noise (a_k = 0), where Tweedie's covariance (s²/a)∂x̂_0/∂x "
-                "is undefined; use a time grid that stops short of t = 1 (FlowMatching(t_max=...))"
+                "is undefined; give FlowMatching times= that stop short of t = 1"
             )
         c = float(process.noise[k]) ** 2 / float(process.signal[k])  # Tweedie: Σ_k = (s²/a) ∂x̂_0/∂x_k
         flat = x0.reshape(n, d)
