@@ -54,6 +54,12 @@ class Task:
         Engine names that apply (``None``: every engine of the process family).
     law
         Discrete tasks: the exact target's probabilities over the V^L sequences (``all_sequences`` order).
+    reference
+        Tasks whose reference is an importance-sampling pool: its log Ẑ, s.e., ESS and number of chains.
+    draws
+        Independent exact draws (n, d) of the target, when the reference provides them (rejection
+        sampling from a pool): benchmarks then compare against disjoint slices of them, never a
+        resample of one pool against another, whose shared points bias the floor low.
     """
 
     name: str
@@ -73,6 +79,8 @@ class Task:
     cost: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = torch.cdist
     engines: tuple[str, ...] | None = None
     plot2d: bool = False
+    reference: dict | None = None
+    draws: torch.Tensor | None = None
     law: torch.Tensor | None = None
 
     def model(self) -> None:

@@ -172,7 +172,7 @@ def test_trained_network_tasks_cache_reference_and_page(tmp_path, monkeypatch):
     se = (ours.var(0) / n + lib.var(0) / n).sqrt()
     assert ((ours.mean(0) - lib.mean(0)).abs() <= 5 * se).all()
     assert abs(ours.std(0) / lib.std(0) - 1).max() < 0.1  # s.e. of a ratio of sds ≈ √(1/n) ≈ 0.016
-    ref = trained.reference(toy, again, "epsilon", 10, "grid-eps")
+    ref = trained.reference(toy.reward, toy.temperature, again, "epsilon", 10, "grid-eps")
     logw = toy.reward(ref["points"]).double()
     assert math.isclose(ref["log_z"], float(torch.logsumexp(logw, 0) - math.log(4096)), rel_tol=1e-9)
     assert 1 <= ref["ess"] <= 4096 and math.isclose(task.log_z, ref["log_z"])
@@ -182,6 +182,50 @@ def test_trained_network_tasks_cache_reference_and_page(tmp_path, monkeypatch):
     row["reference"] = {"ess": ref["ess"]}
     page = trained.report({"grid-eps": row}, "test")
     assert "`smc-gradient`" in page and ("all met" in page or "missed" in page)
+
+
+def test_trained_digits_row_draws_the_unet_chain_and_exact_disjoint_reference_sets(tmp_path, monkeypatch):
+    """The digits row: the diffusers loop on the shipped UNet draws the library's chain (pixel means within
+    5 s.e.), the rejection draws are the pool's accepted chains, comparison and floor sets are disjoint,
+    too few exact draws is a clear error, and a repetition of the default engine is finite."""
+    from benchmarks import trained
+
+    monkeypatch.setenv("TILTED_CACHE", str(tmp_path))
+    monkeypatch.setitem(trained.DIGITS, "steps", 5)
+    task = trained.digits_task(chains=1024)
+    n = 512
+    ours = trained.ancestral(task.process.denoiser, "epsilon", 5, n, torch.Generator().manual_seed(0), shape=(1, 8, 8))
+    with torch.no_grad():
+        lib = task.process.sample((n,), generator=1).double()
+    se = (ours.var(0) / n + lib.var(0) / n).sqrt()
+    assert ((ours.mean(0) - lib.mean(0)).abs() <= 5 * se).all()
+    assert task.draws.shape[1] == 64 and 0 < len(task.draws) < 1024
+    assert task.reference["exact_draws"] == len(task.draws) and math.isfinite(task.log_z)
+    with torch.no_grad():
+        accepted_reward = task.reward(task.draws.view(-1, 1, 8, 8).float())
+    assert accepted_reward.mean() > math.log(0.5)  # accepted with probability p(3 | x): mostly 3s
+    points = len(task.draws) // 4
+    a, b = trained.reference_sets(task, points, 1)
+    assert torch.cdist(a, b).min() > 0  # disjoint slices, no shared chain
+    with pytest.raises(ValueError, match="exact draws"):
+        trained.reference_sets(task, len(task.draws), 0)
+    rep = trained.run_engine(task, {}, points=8, rep=0)
+    assert rep["non_finite"] == 0 and len(rep["log_z_errors"]) == 8 and len(rep["reward_errors"]) == 8
+
+
+def test_flow_rows_run_every_engine_on_the_exact_flow_and_write_the_page():
+    """benchmarks.flows on a short chain: the toy's process becomes FlowMatching over the same data law, every
+    engine of the trained family runs finite on it, and the page has a row per engine."""
+    from benchmarks import flows, trained
+    from tilted.distributions import FlowMatching
+
+    task = flows.flow_task("grid", 0.5, num_steps=10)
+    assert isinstance(task.process, FlowMatching) and task.process.eta == 0.5
+    assert torch.equal(task.process.data.means, build("grid", 10).process.data.means)
+    row = trained._row(task, 40, 1, lambda msg: None)
+    assert all(row[e]["reps"][0]["non_finite"] == 0 for e in trained.ENGINES)
+    page = flows.report({"grid-flow-eta0.5": row}, "test")
+    assert page.count("| grid-flow-eta0.5 |") == len(trained.ENGINES)
 
 
 def test_digits_benchmark_runs_every_engine_and_writes_its_page(tmp_path):
