@@ -14,9 +14,6 @@ are those of :mod:`benchmarks.trained` (EMD − floor, log Ẑ error, E r error,
 from __future__ import annotations
 
 import dataclasses
-import math
-import time
-from pathlib import Path
 
 import torch
 
@@ -88,21 +85,6 @@ def report(data: dict, settings: str) -> str:
 
 
 if __name__ == "__main__":
-    import json
-    import platform
     import sys
 
-    path = Path(sys.argv[1] if len(sys.argv) > 1 else "flows.json")
-    if path.exists() and "--report" in sys.argv:
-        data = json.loads(path.read_text())
-    else:
-        start = time.perf_counter()
-        data = benchmark()
-        data["_meta"] = {"minutes": (time.perf_counter() - start) / 60, "date": time.strftime("%Y-%m-%d")}
-        path.write_text(json.dumps(data, indent=1))
-    meta = data.pop("_meta", {})
-    settings = (
-        f"Run {meta.get('date', '?')}, {meta.get('minutes', math.nan):.1f} min, CPython {platform.python_version()}, "
-        f"torch {torch.__version__}, 2 CPU threads."
-    )
-    Path("docs/benchmarks_flow.md").write_text(report(data, settings))
+    trained.page_main(sys.argv[1:], benchmark, report, "docs/benchmarks_flow.md")

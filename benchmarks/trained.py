@@ -465,23 +465,30 @@ def report(data: dict, settings: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-if __name__ == "__main__":
+def page_main(argv, benchmark_fn, report_fn, page: str, detail: str = "") -> None:
+    """``python -m MODULE OUT.json [--report]``: run (or, with --report, reload OUT.json), save the raw
+    numbers to OUT.json and write the markdown ``page`` with the run's date, time and versions."""
     import json
     import platform
-    import sys
 
-    path = Path(sys.argv[1] if len(sys.argv) > 1 else "trained.json")
-    if path.exists() and "--report" in sys.argv:
+    path = Path(argv[0] if argv and not argv[0].startswith("--") else "benchmark.json")
+    if path.exists() and "--report" in argv:
         data = json.loads(path.read_text())
     else:
         start = time.perf_counter()
-        data = benchmark()
+        data = benchmark_fn()
         data["_meta"] = {"minutes": (time.perf_counter() - start) / 60, "date": time.strftime("%Y-%m-%d")}
         path.write_text(json.dumps(data, indent=1))
     meta = data.pop("_meta", {})
     settings = (
         f"Run {meta.get('date', '?')}, {meta.get('minutes', math.nan):.1f} min, CPython {platform.python_version()}, "
-        f"torch {torch.__version__}, 2 CPU threads, 4 repetitions of 2000 runs (digits: {DIGITS['repeats']} of "
-        f"{DIGITS['points']})."
+        f"torch {torch.__version__}, 2 CPU threads{detail}."
     )
-    Path("docs/benchmarks_trained.md").write_text(report(data, settings))
+    Path(page).write_text(report_fn(data, settings))
+
+
+if __name__ == "__main__":
+    import sys
+
+    detail = f", 4 repetitions of 2000 runs (digits: {DIGITS['repeats']} of {DIGITS['points']})"
+    page_main(sys.argv[1:], benchmark, report, "docs/benchmarks_trained.md", detail)
