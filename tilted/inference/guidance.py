@@ -200,7 +200,7 @@ class FreeDoM(Guidance):
 
     @staticmethod
     def _time(process, k: int) -> float:
-        """τ_k / T: the training time of level k as a fraction."""
+        """The time of level k as a fraction in [0, 1] (diffusion: τ_k / T; flow matching: t_k)."""
         return process.time(k)
 
     def step_size(self, process, k: int) -> float:
