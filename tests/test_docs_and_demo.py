@@ -22,6 +22,18 @@ def python_blocks(path):
     return re.findall(r"```python\n(.*?)```", (ROOT / path).read_text(), flags=re.S)
 
 
+def run_block(path, needle, replacements) -> dict:
+    """Run the one Python block of ``path`` that contains ``needle``, each (old, new) of ``replacements``
+    substituted (every old must occur); return its namespace."""
+    (block,) = [b for b in python_blocks(path) if needle in b]
+    for old, new in replacements:
+        assert old in block, old
+        block = block.replace(old, new)
+    namespace = {}
+    exec(compile(block, path, "exec"), namespace)  # noqa: S102
+    return namespace
+
+
 @pytest.mark.parametrize("path", ["README.md", "docs/modelling.md", "docs/pretrained.md", "docs/online.md"])
 def test_examples_run_as_written(path):
     blocks = python_blocks(path)

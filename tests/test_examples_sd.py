@@ -35,21 +35,20 @@ def weights(tmp_path_factory):
 
 def test_the_readme_stable_diffusion_example_runs_on_tiny_weights(weights):
     """README's SD block as written, with its folders pointing at tiny weights, CPU and float32, 2 steps."""
-    from test_docs_and_demo import python_blocks
+    from test_docs_and_demo import run_block
 
-    (block,) = [b for b in python_blocks("README.md") if "StableDiffusionPipeline" in b]
-    for old, new in (
-        ("models/stable-diffusion-v1-5", weights["--model"]),
-        ("models/clip-vit-large-patch14", weights["--clip"]),
-        ("sac+logos+ava1-l14-linearMSE.pth", weights["--head"]),
-        ('"cuda"', '"cpu"'),
-        ("torch.float16", "torch.float32"),
-        ("num_steps=100", "num_steps=2"),
-    ):
-        assert old in block
-        block = block.replace(old, new)
-    namespace = {}
-    exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102
+    namespace = run_block(
+        "README.md",
+        "StableDiffusionPipeline",
+        (
+            ("models/stable-diffusion-v1-5", weights["--model"]),
+            ("models/clip-vit-large-patch14", weights["--clip"]),
+            ("sac+logos+ava1-l14-linearMSE.pth", weights["--head"]),
+            ('"cuda"', '"cpu"'),
+            ("torch.float16", "torch.float32"),
+            ("num_steps=100", "num_steps=2"),
+        ),
+    )
     assert namespace["result"].particles["z"].shape == (2, 4, 4, 8, 8)
     assert namespace["images"].shape == (2, 4, 3, 16, 16) and 0 <= namespace["images"].min()
 

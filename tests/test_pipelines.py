@@ -212,7 +212,7 @@ def test_bad_pipeline_arguments_are_refused(pipe):
         from_pipeline(pipe, PROMPTS, guidance_scale=0.5)
     with pytest.raises(ModelError, match="multiples"):
         from_pipeline(pipe, PROMPTS, height=15)
-    with pytest.raises(ModelError, match="needs a Stable Diffusion pipeline"):
+    with pytest.raises(ModelError, match="needs a Stable Diffusion, SDXL, SD3 or FLUX pipeline"):
         from_pipeline(object(), PROMPTS)
     guided = from_pipeline(pipe, PROMPTS, num_steps=2).denoiser
     with pytest.raises(ModelError, match="negative_prompt_embeds"):

@@ -2,6 +2,7 @@
 
 from tilted.distributions.adapters import from_diffusers
 from tilted.distributions.flow import FlowMatching
+from tilted.distributions.flow_pipelines import LatentFlow
 from tilted.distributions.gaussian import GaussianDiffusion, GaussianPath, PointMass
 from tilted.distributions.masked import MaskedDiffusion
 from tilted.distributions.mixture import GaussianMixture
@@ -16,6 +17,7 @@ __all__ = [
     "GaussianMixture",
     "GuidedUNet",
     "LatentDiffusion",
+    "LatentFlow",
     "MaskedDiffusion",
     "PointMass",
     "SequentialProcess",
