@@ -5,6 +5,8 @@ writes ``docs/benchmarks_sd.md``. Networks are built from configurations with ra
 downloaded): SD 1.5's UNet (859 M parameters), its VAE (84 M; the decoder runs) and text encoder (123 M),
 and the LAION aesthetic reward on a CLIP ViT-L/14 (428 M; the vision tower runs) with a random head.
 Weights do not change the cost; latents of ``--latent``² (SD 1.5 samples 64² latents, 512² images).
+``--model sd3`` / ``--model flux`` build SD3-medium's or FLUX.1-dev's transformer and 16-channel VAE instead
+(text encoders at full width, one layer: they run once per prompt) and go through ``from_pipeline``'s flow path.
 
 Configurations (one prompt, N particles, K steps, guidance 7.5, DDPM kernels η = 1; every one ends
 with its N output images decoded):
@@ -100,6 +102,42 @@ TINY = {
 }
 
 
+#: ``--model``: what is built. SD3-medium's and FLUX.1-dev's transformer/ and vae/ config.json (the VAE is SD's
+#: with 16 latent channels and no quant convs); their text encoders at full width but one layer each
+#: (CLIP-L, CLIP-G, T5-XXL's d_model): they run once per prompt, and only their output widths matter here
+MODELS = {"sd15": "Stable Diffusion 1.5", "sd3": "SD3-medium", "flux": "FLUX.1-dev"}
+SD3 = dict(
+    sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=24, attention_head_dim=64,
+    num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536, pooled_projection_dim=2048,
+    pos_embed_max_size=192,
+)  # fmt: skip
+FLUX = dict(
+    patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128, num_attention_heads=24,
+    joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=(16, 56, 56),
+)  # fmt: skip
+FLOW_VAE = VAE | dict(latent_channels=16, use_quant_conv=False, use_post_quant_conv=False)
+FLOW_VAE_FACTORS = {
+    "sd3": dict(scaling_factor=1.5305, shift_factor=0.0609),
+    "flux": dict(scaling_factor=0.3611, shift_factor=0.1159),
+}
+CLIP_L = dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, projection_dim=768)
+CLIP_G = dict(hidden_size=1280, intermediate_size=5120, num_attention_heads=20, projection_dim=1280)
+T5 = dict(d_model=4096, d_kv=64, d_ff=10240, num_heads=64)
+FLOW_SCHEDULES = {
+    "sd3": dict(shift=3.0),
+    "flux": dict(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+                 max_image_seq_len=4096),
+}  # fmt: skip
+TINY_FLOW = {
+    "sd3": dict(num_layers=1, attention_head_dim=8, num_attention_heads=2, joint_attention_dim=32,
+                caption_projection_dim=16, pooled_projection_dim=32, pos_embed_max_size=16),
+    "flux": dict(num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+                 joint_attention_dim=32, pooled_projection_dim=16, axes_dims_rope=(4, 4, 8)),
+    "clip": dict(hidden_size=16, intermediate_size=32, num_attention_heads=2, projection_dim=16),
+    "t5": dict(d_model=32, d_kv=8, d_ff=32, num_heads=4),
+}  # fmt: skip
+
+
 def tokenizer():
     """A CLIP tokenizer over single characters (prompt text only sets the embeddings' values, not the cost)."""
     from transformers import CLIPTokenizer
@@ -112,7 +150,46 @@ def tokenizer():
     return tok
 
 
-def build(tiny: bool, device: str, dtype: torch.dtype):
+def flow_pipeline(model: str, tiny: bool, tok, text: dict):
+    """(SD3 or FLUX pipeline, its networks by name) from configurations, seeded random weights (float32, CPU)."""
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        FluxPipeline,
+        FluxTransformer2DModel,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    small = TINY if tiny else {}
+
+    def clip(widths, projection=True):
+        config = CLIPTextConfig(**(text | widths | (TINY_FLOW["clip"] if tiny else {}) | dict(num_hidden_layers=1)))
+        return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config)
+
+    t5 = T5EncoderModel(T5Config(vocab_size=len(tok), num_layers=1, **(TINY_FLOW["t5"] if tiny else T5)))
+    vae = AutoencoderKL(**(FLOW_VAE | FLOW_VAE_FACTORS[model] | small.get("vae", {})))
+    scheduler = FlowMatchEulerDiscreteScheduler(**FLOW_SCHEDULES[model])
+    config = (SD3 if model == "sd3" else FLUX) | (TINY_FLOW[model] if tiny else {})
+    if model == "sd3":
+        transformer = SD3Transformer2DModel(**config)
+        encoders = {"text_encoder": clip(CLIP_L), "text_encoder_2": clip(CLIP_G), "text_encoder_3": t5}
+        pipe = StableDiffusion3Pipeline(
+            transformer=transformer, scheduler=scheduler, vae=vae, tokenizer=tok, tokenizer_2=tok, tokenizer_3=tok,
+            **encoders,
+        )  # fmt: skip
+    else:
+        transformer = FluxTransformer2DModel(**config)
+        encoders = {"text_encoder": clip(CLIP_L, projection=False), "text_encoder_2": t5}
+        pipe = FluxPipeline(
+            transformer=transformer, scheduler=scheduler, vae=vae, tokenizer=tok, tokenizer_2=tok, **encoders
+        )  # fmt: skip
+    text_params = sum(p.numel() for m in encoders.values() for p in m.parameters())
+    return pipe, {"transformer": transformer, "VAE decoder": vae.decoder}, text_params
+
+
+def build(tiny: bool, device: str, dtype: torch.dtype, model: str = "sd15"):
     """(pipeline, aesthetic reward, parameter counts) from configurations, seeded random weights."""
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTextConfig, CLIPTextModel
@@ -125,31 +202,36 @@ def build(tiny: bool, device: str, dtype: torch.dtype):
     text = TEXT | small.get("text", {}) | dict(vocab_size=len(tok), max_position_embeddings=77)
     text |= dict(bos_token_id=0, eos_token_id=1, pad_token_id=1)
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(**(UNET | small.get("unet", {})))
-    vae = AutoencoderKL(**(VAE | small.get("vae", {})))
-    encoder = CLIPTextModel(CLIPTextConfig(**text))
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=encoder,
-        tokenizer=tok,
-        unet=unet,
-        scheduler=PNDMScheduler(**SCHEDULE),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    ).to(device, dtype)
+    if model == "sd15":
+        unet = UNet2DConditionModel(**(UNET | small.get("unet", {})))
+        vae = AutoencoderKL(**(VAE | small.get("vae", {})))
+        encoder = CLIPTextModel(CLIPTextConfig(**text))
+        pipe = StableDiffusionPipeline(
+            vae=vae,
+            text_encoder=encoder,
+            tokenizer=tok,
+            unet=unet,
+            scheduler=PNDMScheduler(**SCHEDULE),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+        networks = {"UNet": unet, "VAE decoder": vae.decoder, "text encoder": encoder}
+    else:
+        pipe, networks, text_params = flow_pipeline(model, tiny, tok, text)
+    pipe = pipe.to(device, dtype)
     projection = small.get("projection", PROJECTION)
     vision = VISION | small.get("vision", {}) | dict(image_size=224)
     clip = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection))
     clip.text_model = clip.text_projection = None  # the aesthetic reward reads images only
     reward = LAIONAesthetic(clip.to(device, dtype), CLIPImageProcessor(), AestheticHead(projection))
     params = {
-        "UNet": unet,
-        "VAE decoder": vae.decoder,
-        "text encoder": encoder,
-        "CLIP vision tower": clip.vision_model,
+        k: sum(p.numel() for p in m.parameters())
+        for k, m in (networks | {"CLIP vision tower": clip.vision_model}).items()
     }
-    return pipe, reward, {k: sum(p.numel() for p in m.parameters()) for k, m in params.items()}
+    if model != "sd15":
+        params["text encoders (1 layer each)"] = text_params
+    return pipe, reward, params
 
 
 def run_config(name: str, pipe, reward, args) -> dict:
@@ -157,8 +239,8 @@ def run_config(name: str, pipe, reward, args) -> dict:
     N, K = args.particles, args.steps
     size = args.latent * pipe.vae_scale_factor
     prior = from_pipeline(
-        pipe, PROMPT, guidance_scale=7.5, num_steps=K, eta=1.0, height=size, width=size,
-        gradient_checkpointing=name == "das-ckpt",
+        pipe, PROMPT, guidance_scale=7.5 if args.model == "sd15" else None, num_steps=K, eta=1.0, height=size,
+        width=size, gradient_checkpointing=name == "das-ckpt",
     )  # fmt: skip
 
     def model():
@@ -180,7 +262,7 @@ def run_config(name: str, pipe, reward, args) -> dict:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     if name == "das-ckpt":  # leave the shared networks as they were
-        pipe.unet.disable_gradient_checkpointing()
+        (getattr(pipe, "unet", None) or pipe.transformer).disable_gradient_checkpointing()
         pipe.vae.disable_gradient_checkpointing()
     assert images.shape == (N, 3, size, size) and torch.isfinite(images).all()
     return {"config": name, "seconds": seconds, **counts}
@@ -314,7 +396,7 @@ def table(rows: list[dict], N: int) -> list[str]:
     return lines
 
 
-def interpret(rows: list[dict]) -> str:
+def interpret(rows: list[dict], net: str = "UNet") -> str:
     by = {r["config"]: r for r in rows}
     t = {k: r["seconds"] / by["plain"]["seconds"] for k, r in by.items()}
     m = {k: r["peak_mb"] for k, r in by.items()}
@@ -327,17 +409,17 @@ def interpret(rows: list[dict]) -> str:
     if "das" in t:
         parts.append(
             f"The gradient proposal (DAS) costs {t['das']:.1f}× plain: every step adds the backward pass through "
-            "CLIP, the decoder and both UNet rows of the guided prediction (about a forward's FLOPs each: the "
+            f"CLIP, the decoder and the {net} rows of the guided prediction (about a forward's FLOPs each: the "
             "weights are frozen, so only input gradients are computed)."
         )
     parts.append(
-        "DAS's extra memory is the autograd graph of the particles of one network call through the UNet rows, "
+        f"DAS's extra memory is the autograd graph of the particles of one network call through the {net} rows, "
         "the decoder and CLIP, held from the forward pass to the gradient."
     )
     if "das-ckpt" in by and "das" in by:
         parts.append(
             f"Gradient checkpointing takes DAS's extra peak memory from {m['das']:,.0f} to {m['das-ckpt']:,.0f} MB "
-            f"for {by['das-ckpt']['seconds'] / by['das']['seconds']:.2f}× its time: UNet and decoder activations are "
+            f"for {by['das-ckpt']['seconds'] / by['das']['seconds']:.2f}× its time: {net} and decoder activations are "
             "recomputed in the backward pass, CLIP's are kept."
         )
     if "das-micro" in by and "das" in by:
@@ -379,21 +461,43 @@ def report(rows: list[dict], params: dict, args, command: str, total: float) -> 
         "against (a) in the same run.",
         "",
         *([] if args.tiny else flop_model()),
+        "**SD3 and FLUX.** `--model sd3` and `--model flux` build SD3-medium's (2.0 B) and FLUX.1-dev's (11.9 B) "
+        "transformers and 16-channel VAEs from their configurations, through `from_pipeline`'s flow path "
+        "(docs/pipelines.md); their sections are appended by `python -m benchmarks.sd_cost --model sd3 --device "
+        "cuda --dtype bfloat16 --latent 128 --append` (and `--model flux`) on a GPU (FLUX.1-dev's transformer is "
+        "24 GB in bfloat16 and does not fit this CPU machine in float32). Until such a run, this page has no "
+        "SD3 or FLUX section.",
+        "",
     ]
+    flow = args.model != "sd15"
+    shape = f"16×{args.latent}×{args.latent}" if flow else f"4×{args.latent}×{args.latent}"
+    full = "16×128×128 latents, 1024×1024 images" if flow else "4×64×64 latents, 512×512 images"
     section = [
-        f"## {args.device}, latents 4×{args.latent}×{args.latent}, N = {N}, K = {K}, {args.dtype}",
+        f"## {MODELS[args.model] + ', ' if flow else ''}{args.device}, latents {shape}, N = {N}, K = {K}, {args.dtype}",
         "",
         f"Command: `{command}`. Machine: {machine(args)}; torch {torch.__version__}; "
-        f"{datetime.date.today().isoformat()}; whole run {total:.0f} s. Images {size}×{size} (SD 1.5: 4×64×64 "
-        f"latents, 512×512 images). Parameters{' (tiny smoke version)' if args.tiny else ''}: {nets}. "
-        f"Peak memory: {memory}.",
+        f"{datetime.date.today().isoformat()}; whole run {total:.0f} s. Images {size}×{size} "
+        f"({MODELS[args.model]}: {full}). Parameters{' (tiny smoke version)' if args.tiny else ''}: {nets}. "
+        f"Peak memory: {memory}."
+        + (
+            " Guidance: the pipeline's default (SD3: classifier-free w = 7, two transformer rows per call; FLUX: "
+            "embedded w = 3.5, one row), the reward as for SD 1.5."
+            if flow
+            else ""
+        ),
         "",
         *table(rows, N),
         "",
-        interpret(rows),
+        interpret(rows, "transformer" if flow else "UNet"),
         "",
     ]
-    if cpu:
+    if cpu and flow:
+        section += [
+            f"**No GPU was lent to this run**: run `python -m benchmarks.sd_cost --model {args.model} --device cuda "
+            "--dtype bfloat16 --latent 128 --append` on one for the figures at 1024².",
+            "",
+        ]
+    elif cpu:
         section += [
             "**No GPU was lent to this run.** The 64×64-latent figures on a GPU need one: run "
             "`python -m benchmarks.sd_cost --device cuda --latent 64` there (`--append` adds its section to "
@@ -408,7 +512,8 @@ def report(rows: list[dict], params: dict, args, command: str, total: float) -> 
 def parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.sd_cost", description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cpu", help="cpu or cuda (cuda:1, …)")
-    p.add_argument("--latent", type=int, default=8, help="latent side (SD 1.5: 64)")
+    p.add_argument("--model", choices=list(MODELS), default="sd15", help="the architecture built (default sd15)")
+    p.add_argument("--latent", type=int, default=8, help="latent side (SD 1.5: 64; SD3 and FLUX at 1024²: 128)")
     p.add_argument("--particles", type=int, default=4)
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--micro", type=int, default=1, help="batch_size of (e)")
@@ -430,7 +535,7 @@ def main(argv=None) -> list[dict]:
     command = " ".join(["python -m benchmarks.sd_cost", *(sys.argv[1:] if argv is None else argv)])
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    pipe, reward, params = build(args.tiny, args.device, getattr(torch, args.dtype))
+    pipe, reward, params = build(args.tiny, args.device, getattr(torch, args.dtype), args.model)
     warm_up(pipe, reward, args)
     run = measured if args.device.startswith("cuda") else in_fork
     rows = []

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.tasks import Task, das_grid, das_ring
-from tilted.distributions import GaussianDiffusion
+from tilted.distributions import FlowMatching, GaussianDiffusion
 
 F64 = torch.float64
 PREDICTIONS = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}
@@ -67,7 +67,8 @@ def _train_schedule():
 
 
 def train(toy: Task, prediction: str, seed: int = 0) -> MLP:
-    """Fit the MLP to the toy's data law by the DDPM regression loss for ``prediction`` (ε, x_0 or v)."""
+    """Fit the MLP to the toy's data law by the regression loss for ``prediction``: DDPM's ε, x_0 or v, or
+    the flow-matching ``"velocity"`` ε − x_0 at x_t = (1 − t) x_0 + t ε, t ~ U(0, 1), read as 1000 t."""
     torch.manual_seed(seed)  # the initial weights
     gen = torch.Generator().manual_seed(seed)
     net = MLP(toy.dim)
@@ -76,12 +77,17 @@ def train(toy: Task, prediction: str, seed: int = 0) -> MLP:
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, TRAIN_STEPS)
     for _ in range(TRAIN_STEPS):
         x0 = toy.process.data.sample(TRAIN_BATCH, gen).to(torch.float32)
-        t = torch.randint(0, TRAIN_T, (TRAIN_BATCH,), generator=gen)
-        eps = torch.randn(x0.shape, generator=gen)
-        a = ac[t][:, None]
-        xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
-        target = {"epsilon": eps, "sample": x0, "v_prediction": a.sqrt() * eps - (1 - a).sqrt() * x0}[prediction]
-        loss = (net(xt, t) - target).pow(2).mean()
+        if prediction == "velocity":
+            t = torch.rand(TRAIN_BATCH, generator=gen)
+            eps = torch.randn(x0.shape, generator=gen)
+            xt, time, target = (1 - t[:, None]) * x0 + t[:, None] * eps, TRAIN_T * t, eps - x0
+        else:
+            time = torch.randint(0, TRAIN_T, (TRAIN_BATCH,), generator=gen)
+            eps = torch.randn(x0.shape, generator=gen)
+            a = ac[time][:, None]
+            xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
+            target = {"epsilon": eps, "sample": x0, "v_prediction": a.sqrt() * eps - (1 - a).sqrt() * x0}[prediction]
+        loss = (net(xt, time) - target).pow(2).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -105,36 +111,81 @@ def network(toy: Task, prediction: str, seed: int = 0) -> MLP:
     return net
 
 
-def ancestral(net, prediction: str, num_steps: int, n: int, gen: torch.Generator, chunk: int = 2**15, shape=(2,)):
-    """n ancestral chains of the network through diffusers' DDPMScheduler.step (η = 1, trailing spacing).
+def ancestral(
+    net, prediction: str, num_steps: int, n: int, gen: torch.Generator, chunk: int = 2**15, shape=(2,), eta: float = 1.0
+):
+    """n ancestral chains of the network through diffusers' schedulers (a loop that shares no code with tilted).
 
-    ``net(x_t, t)`` returns the prediction or a diffusers output with ``.sample``; x_T has ``shape``.
+    DDPM predictions: ``DDPMScheduler.step`` (η = 1, trailing spacing). ``"velocity"``: the flow's η-sampler
+    on the uniform grid t_k = k/K, as :func:`flow_scheduler`'s ``DDIMScheduler.step`` on the variance-preserving
+    rescaling y = x / √((1 − t)² + t²) of the path, fed x̂_0 = x − t v̂(x, 1000 t). ``net(x_t, t)`` returns the
+    prediction or a diffusers output with ``.sample``; x_T has ``shape``.
     """
     from diffusers import DDPMScheduler
 
-    sched = DDPMScheduler.from_config(
-        _train_schedule().config,
-        prediction_type=prediction,
-        timestep_spacing="trailing",
-        variance_type="fixed_small",
-    )
-    sched.set_timesteps(num_steps)
+    flow = prediction == "velocity"
+    if flow:
+        sched, times = flow_scheduler(num_steps)
+    else:
+        sched = DDPMScheduler.from_config(
+            _train_schedule().config,
+            prediction_type=prediction,
+            timestep_spacing="trailing",
+            variance_type="fixed_small",
+        )
+        sched.set_timesteps(num_steps)
     out = []
     with torch.no_grad():
         for start in range(0, n, chunk):
             x = torch.randn(min(chunk, n - start), *shape, generator=gen)
-            for t in sched.timesteps:
-                tt = torch.full((x.shape[0],), int(t), dtype=torch.long)
+            for step in sched.timesteps:
+                if flow:  # x holds y, the VP state; t_K = 1 and t_0 = 0 have scale 1
+                    t = float(times[int(step)])
+                    xt = x * math.sqrt((1 - t) ** 2 + t**2)
+                    v = net(xt, torch.full((x.shape[0],), TRAIN_T * t))
+                    x = sched.step(xt - t * getattr(v, "sample", v), int(step), x, eta=eta, generator=gen).prev_sample
+                    continue
+                tt = torch.full((x.shape[0],), int(step), dtype=torch.long)
                 f = net(x, tt)
-                x = sched.step(getattr(f, "sample", f), int(t), x, generator=gen).prev_sample
+                x = sched.step(getattr(f, "sample", f), int(step), x, generator=gen).prev_sample
             out.append(x.to(F64))
     return torch.cat(out)
 
 
+def flow_scheduler(num_steps: int):
+    """A ``DDIMScheduler`` (x̂_0-prediction) whose K training timesteps j are the flow's levels t = (j + 1)/K.
+
+    On y = x / √(a² + s²), a = 1 − t, s = t, the path is variance preserving with ᾱ = a² / (a² + s²), and
+    DDIM(η) on it is the flow's η-sampler (docs/modelling.md); ᾱ = 0 at t = 1, and the final ᾱ = 1 is t_0 = 0.
+    Returns the scheduler (timesteps set) and t_j for j = 0, …, K − 1 (float64).
+    """
+    from diffusers import DDIMScheduler
+
+    t = torch.arange(1, num_steps + 1, dtype=F64) / num_steps
+    abar = (1 - t) ** 2 / ((1 - t) ** 2 + t**2)
+    betas = 1 - abar / torch.cat([torch.ones(1, dtype=F64), abar[:-1]])
+    sched = DDIMScheduler(
+        num_train_timesteps=num_steps, trained_betas=betas.tolist(), prediction_type="sample", clip_sample=False,
+        set_alpha_to_one=True, timestep_spacing="leading", steps_offset=0,
+    )  # fmt: skip
+    sched.set_timesteps(num_steps)
+    return sched, t
+
+
 def reference(
-    reward, temperature: float, net, prediction: str, num_steps: int, name: str, chains: int | None = None, shape=(2,)
+    reward,
+    temperature: float,
+    net,
+    prediction: str,
+    num_steps: int,
+    name: str,
+    chains: int | None = None,
+    shape=(2,),
+    eta: float = 1.0,
 ) -> dict:
-    """IS over ``chains`` (default REFERENCE_CHAINS) chains: log Ẑ (± s.e.), ESS, the pool and its weights (cached)."""
+    """IS over ``chains`` (default REFERENCE_CHAINS) chains: log Ẑ (± s.e.), ESS, the pool and its weights (cached).
+
+    ``eta`` is the flow sampler's noise level (``prediction="velocity"``; ``name`` should say it)."""
     chains = chains or REFERENCE_CHAINS
     digest = hashlib.sha1(b"".join(p.numpy().tobytes() for p in net.state_dict().values())).hexdigest()[:12]
     path = cache_dir() / f"reference-{name}-{num_steps}-{chains}-{digest}.pt"
@@ -142,7 +193,7 @@ def reference(
         return torch.load(path, weights_only=True)
     start = time.perf_counter()
     chunk = max(1, 2**16 // math.prod(shape))  # 2^15 points of the toys, 1024 images of 8 × 8
-    x = ancestral(net, prediction, num_steps, chains, torch.Generator().manual_seed(1234), chunk, shape)
+    x = ancestral(net, prediction, num_steps, chains, torch.Generator().manual_seed(1234), chunk, shape, eta)
     with torch.no_grad():
         logw = torch.cat([reward(c) for c in x.split(4096)]).to(F64) / temperature
     if not torch.isfinite(logw).all():
@@ -184,18 +235,23 @@ def _expected_reward(reward, ref: dict) -> float:
     return float((ref["log_weights"].exp() * r).sum())
 
 
-def trained_task(toy_name: str, prediction: str, num_steps: int = 100, seed: int = 0) -> Task:
-    """The toy ``toy_name`` ("grid" or "ring") with the trained ``prediction`` ("eps", "x0", "v") network."""
+def trained_task(toy_name: str, prediction: str, num_steps: int = 100, seed: int = 0, eta: float = 1.0) -> Task:
+    """The toy ``toy_name`` ("grid" or "ring") with the trained ``prediction`` ("eps", "x0", "v") network, or
+    with ``prediction="velocity"`` a trained flow-matching velocity run as ``FlowMatching`` at noise level η."""
     toy = {"grid": das_grid, "ring": das_ring}[toy_name](num_steps)
-    kind = PREDICTIONS[prediction]
+    kind = PREDICTIONS.get(prediction, prediction)
     net = network(toy, kind, seed)
-    name = f"{toy_name}-{prediction}"
-    ref = reference(toy.reward, toy.temperature, net, kind, num_steps, name)
-    process = GaussianDiffusion(net, event_shape=(toy.dim,), num_steps=num_steps, prediction_type=kind)
+    if kind == "velocity":
+        name, what = f"{toy_name}-velocity-eta{eta:g}", f"flow-matching velocity (η = {eta:g})"
+        process = FlowMatching(net, event_shape=(toy.dim,), num_steps=num_steps, eta=eta, time_scale=TRAIN_T)
+    else:
+        name, what = f"{toy_name}-{prediction}", f"{prediction}-prediction"
+        process = GaussianDiffusion(net, event_shape=(toy.dim,), num_steps=num_steps, prediction_type=kind)
+    ref = reference(toy.reward, toy.temperature, net, kind, num_steps, name, eta=eta)
     return Task(
         name=name,
-        title=f"{toy.title}, trained {prediction}-prediction MLP",
-        description=f"{toy.description} The chain is a {prediction}-prediction MLP (3×128 SiLU, {TRAIN_STEPS} "
+        title=f"{toy.title}, trained {what} MLP",
+        description=f"{toy.description} The chain is a {what} MLP (3×128 SiLU, {TRAIN_STEPS} "
         f"Adam steps of batch {TRAIN_BATCH} on the data law); the reference is importance sampling over "
         f"{len(ref['points'])} ancestral chains of the network (ESS {ref['ess']:.0f}), log Ẑ = "
         f"{ref['log_z']:.3f} ± {ref['log_z_se']:.3f}.",

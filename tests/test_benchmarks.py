@@ -228,6 +228,42 @@ def test_flow_rows_run_every_engine_on_the_exact_flow_and_write_the_page():
     assert page.count("| grid-flow-eta0.5 |") == len(trained.ENGINES)
 
 
+def test_trained_velocity_rows_draw_the_flow_chain_through_an_independent_diffusers_loop(tmp_path, monkeypatch):
+    """The trained flow rows: the reference loop (diffusers' DDIMScheduler on the VP rescaling of the path) is
+    FlowMatching's ODE at η = 0 (same x_K, to float32 rounding) and its η = 1 chain in law (means within
+    5 s.e., sds within 10 %: s.e. of a ratio of sds ≈ √(1/n) ≈ 0.016); the flow task runs at its own η."""
+    from benchmarks import flows, trained
+    from tilted.distributions import FlowMatching
+
+    monkeypatch.setenv("TILTED_CACHE", str(tmp_path))
+    monkeypatch.setattr(trained, "TRAIN_STEPS", 30)
+    monkeypatch.setattr(trained, "REFERENCE_CHAINS", 4096)
+    net = trained.network(build("grid", 10), "velocity")
+    n = 4000
+    ode = FlowMatching(net, event_shape=(2,), num_steps=10, eta=0.0, time_scale=trained.TRAIN_T)
+    x = torch.randn(n, 2, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for k in ode.levels:
+            x = ode.draw_transition(x, k)
+    loop = trained.ancestral(net, "velocity", 10, n, torch.Generator().manual_seed(0), eta=0.0)
+    assert torch.allclose(x.double(), loop, atol=1e-4), (x.double() - loop).abs().max()
+    sde = FlowMatching(net, event_shape=(2,), num_steps=10, time_scale=trained.TRAIN_T)
+    loop = trained.ancestral(net, "velocity", 10, n, torch.Generator().manual_seed(1), eta=1.0)
+    with torch.no_grad():
+        lib = sde.sample((n,), generator=2).double()
+    se = (loop.var(0) / n + lib.var(0) / n).sqrt()
+    assert ((loop.mean(0) - lib.mean(0)).abs() <= 5 * se).all()
+    assert abs(loop.std(0) / lib.std(0) - 1).max() < 0.1
+    tasks = {t.name: t for t in flows.tasks("grid", num_steps=10)}
+    assert set(tasks) == {
+        "grid-flow-eta1", "grid-flow-eta0.5", "grid-ddpm", "grid-velocity-eta1", "grid-velocity-eta0.5", "grid-eps"
+    }  # fmt: skip
+    task = tasks["grid-velocity-eta0.5"]
+    assert isinstance(task.process, FlowMatching) and task.process.eta == 0.5 and not task.log_z_exact
+    rep = trained.run_engine(task, {"proposal": "gradient"}, points=40, rep=0)
+    assert rep["non_finite"] == 0 and len(rep["log_z_errors"]) == 40
+
+
 def test_digits_benchmark_runs_every_engine_and_writes_its_page(tmp_path):
     """``./run bench digits --quick``: every engine on both rewards, finite rows, a page and a figure."""
     import json

@@ -114,3 +114,20 @@ def test_the_sd_cost_benchmark_runs_every_configuration_on_tiny_networks(tmp_pat
         assert r["seconds"] > 0 and r["peak_mb"] >= 0
     text = out.read_text()
     assert "| (c) SMC, gradient proposal (DAS) | 3 | 4 | 3 |" in text and "No GPU was lent" in text
+
+
+@pytest.mark.parametrize("model", ["sd3", "flux"])
+def test_the_sd_cost_benchmark_builds_sd3_and_flux_through_the_flow_path(tmp_path, model):
+    """``--model sd3|flux --tiny``: the same configurations through ``from_pipeline``'s LatentFlow, and a section
+    that names the model and the GPU command that fills it."""
+    from benchmarks import sd_cost
+
+    out = tmp_path / "benchmarks_sd.md"
+    rows = sd_cost.main(
+        ["--model", model, "--tiny", "--particles", "2", "--steps", "2", "--configs", "das", "--out", str(out)]
+    )
+    assert [r["config"] for r in rows] == ["plain", "das"]
+    assert all(r["denoiser_calls"] == 2 * 2 for r in rows) and rows[1]["gradient_evaluations"] == 2 * 2
+    text = out.read_text()
+    assert f"## {sd_cost.MODELS[model]}, cpu, latents 16×8×8" in text
+    assert f"--model {model} --device cuda --dtype bfloat16 --latent 128 --append" in text
