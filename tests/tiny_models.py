@@ -8,7 +8,9 @@ Shared by the reward and pipeline tests:
 - :func:`tiny_clip_text_model` is a ``CLIPTextModel`` for that tokenizer (a Stable Diffusion text encoder);
 - :func:`tiny_clip` saves a whole tiny ``CLIPModel`` with its ``CLIPProcessor`` (that tokenizer and a
   ``CLIPImageProcessor`` of a small size) into a folder, ready for ``from_pretrained(folder)``;
-- :func:`tiny_unet` is a small ``UNet2DModel`` denoiser.
+- :func:`tiny_unet` is a small ``UNet2DModel`` denoiser;
+- :func:`tiny_esm` is an ``EsmForMaskedLM`` with ESM-2's 33-token vocabulary and its ``EsmTokenizer``;
+  :func:`tiny_bert` a ``BertForMaskedLM`` with a ``BertTokenizer`` over letters (both seeded, random).
 """
 
 from __future__ import annotations
@@ -119,3 +121,43 @@ def tiny_unet(channels: int = 3, size: int = 8, seed: int = 0):
         up_block_types=("UpBlock2D", "UpBlock2D"),
         norm_num_groups=8,
     ).eval()
+
+
+#: ESM-2's vocabulary, in its order (facebook/esm2_t6_8M_UR50D vocab.txt)
+ESM_VOCAB = ["<cls>", "<pad>", "<eos>", "<unk>", *"LAGVSERTIDPKQNFYMHWCXBUZO", ".", "-", "<null_1>", "<mask>"]
+AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
+
+
+def tiny_esm(folder, seed: int = 0, hidden: int = 32):
+    """(EsmForMaskedLM with 2 layers of width ``hidden``, its EsmTokenizer), ESM-2's vocabulary, seeded, eval."""
+    from transformers import EsmConfig, EsmForMaskedLM, EsmTokenizer
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("\n".join(ESM_VOCAB))
+    tokenizer = EsmTokenizer(str(folder / "vocab.txt"))
+    torch.manual_seed(seed)
+    config = EsmConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=2 * hidden, max_position_embeddings=64, pad_token_id=1, mask_token_id=32,
+        position_embedding_type="rotary", token_dropout=True,
+    )  # fmt: skip
+    return EsmForMaskedLM(config).eval(), tokenizer
+
+
+def tiny_bert(folder, seed: int = 0):
+    """(BertForMaskedLM, 2 layers of width 32, its BertTokenizer over [PAD] [UNK] [CLS] [SEP] [MASK] a–z)."""
+    from transformers import BertConfig, BertForMaskedLM, BertTokenizer
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text(
+        "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *string.ascii_lowercase])
+    )
+    tokenizer = BertTokenizer(str(folder / "vocab.txt"))
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+        max_position_embeddings=64,
+    )  # fmt: skip
+    return BertForMaskedLM(config).eval(), tokenizer
