@@ -57,7 +57,7 @@ def test_samples_decode_to_strings_and_engines_run_on_esm_and_bert(esm, bert):
 
         def model_fn(prior=prior):
             seq = pyro.sample("x", prior)
-            tilted.factor("r", lambda s: (s == 0).double().sum(-1), seq, temperature=0.5)
+            tilted.factor("r", lambda ids: (ids == 0).double().sum(-1), seq, temperature=0.5)
 
         res = SMC(model_fn, 8).run(seed=0)
         assert res.particles["x"].shape == (8, 5) and torch.isfinite(res.log_evidence)
