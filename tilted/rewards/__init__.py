@@ -3,7 +3,8 @@
 :class:`Reward` is the protocol (``differentiable``, ``input``, composition by ``+``, ``*``, ``-`` and
 ``after``); plain callables remain accepted everywhere. Built-ins: analytic (:class:`Quadratic`,
 :class:`LogDensity`), :class:`ClassifierLogProb` (alias :class:`ClassLogProb`), :class:`Symmetry`, and image rewards (:class:`CLIPScore`,
-:class:`PickScore`, :class:`LAIONAesthetic`, :class:`JPEGCompressibility`). See docs/rewards.md.
+:class:`PickScore`, :class:`LAIONAesthetic`, :class:`JPEGCompressibility`), and sequence rewards
+(:mod:`tilted.rewards.sequences`). See docs/rewards.md and docs/sequences.md.
 """
 
 from tilted.rewards.aesthetic import AestheticHead, LAIONAesthetic
@@ -14,12 +15,22 @@ from tilted.rewards.clip import CLIPImageEncoder, CLIPScore, PickScore
 from tilted.rewards.images import ImageReward
 from tilted.rewards.jpeg import JPEGCompressibility
 from tilted.rewards.pixels import Symmetry
+from tilted.rewards.sequences import (
+    Composition,
+    Motif,
+    PseudoLogLikelihood,
+    PWMScore,
+    SequenceRegressor,
+    hydrophobic_fraction,
+    net_charge,
+)
 
 __all__ = [
     "AestheticHead",
     "After",
     "CLIPImageEncoder",
     "CLIPScore",
+    "Composition",
     "ClassLogProb",
     "ClassifierLogProb",
     "Function",
@@ -27,10 +38,16 @@ __all__ = [
     "JPEGCompressibility",
     "LAIONAesthetic",
     "LogDensity",
+    "Motif",
+    "PWMScore",
     "PickScore",
+    "PseudoLogLikelihood",
     "Quadratic",
     "Reward",
+    "SequenceRegressor",
     "Symmetry",
     "WeightedSum",
     "as_reward",
+    "hydrophobic_fraction",
+    "net_charge",
 ]
