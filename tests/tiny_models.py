@@ -128,8 +128,10 @@ ESM_VOCAB = ["<cls>", "<pad>", "<eos>", "<unk>", *"LAGVSERTIDPKQNFYMHWCXBUZO", "
 AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
 
 
-def tiny_esm(folder, seed: int = 0, hidden: int = 32):
-    """(EsmForMaskedLM with 2 layers of width ``hidden``, its EsmTokenizer), ESM-2's vocabulary, seeded, eval."""
+def tiny_esm(folder, seed: int = 0, hidden: int = 32, initializer_range: float = 0.02):
+    """(EsmForMaskedLM with 2 layers of width ``hidden``, its EsmTokenizer), ESM-2's vocabulary, seeded, eval.
+
+    A larger ``initializer_range`` gives peaked, context-dependent conditionals (0.02: nearly uniform)."""
     from transformers import EsmConfig, EsmForMaskedLM, EsmTokenizer
 
     folder = Path(folder)
@@ -140,7 +142,7 @@ def tiny_esm(folder, seed: int = 0, hidden: int = 32):
     config = EsmConfig(
         vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=2, num_attention_heads=4,
         intermediate_size=2 * hidden, max_position_embeddings=64, pad_token_id=1, mask_token_id=32,
-        position_embedding_type="rotary", token_dropout=True,
+        position_embedding_type="rotary", token_dropout=True, initializer_range=initializer_range,
     )  # fmt: skip
     return EsmForMaskedLM(config).eval(), tokenizer
 
