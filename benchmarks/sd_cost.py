@@ -461,7 +461,9 @@ def report(rows: list[dict], params: dict, args, command: str, total: float) -> 
         "against (a) in the same run.",
         "",
         *([] if args.tiny else flop_model()),
-        "**SD3 and FLUX.** `--model sd3` and `--model flux` build SD3-medium's (2.0 B) and FLUX.1-dev's (11.9 B) "
+        "## SD3-medium and FLUX.1-dev (filled on a GPU)",
+        "",
+        "`--model sd3` and `--model flux` build SD3-medium's (2.0 B) and FLUX.1-dev's (11.9 B) "
         "transformers and 16-channel VAEs from their configurations, through `from_pipeline`'s flow path "
         "(docs/pipelines.md); their sections are appended by `python -m benchmarks.sd_cost --model sd3 --device "
         "cuda --dtype bfloat16 --latent 128 --append` (and `--model flux`) on a GPU (FLUX.1-dev's transformer is "
