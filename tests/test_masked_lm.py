@@ -118,3 +118,51 @@ def test_bad_arguments_get_clear_errors(esm):
     with pytest.raises(ShapeError, match="expected 4 letters"):
         prior.encode("ACDJ")
     assert all(not p.requires_grad for p in model.parameters())
+
+
+def test_the_esm2_block_of_the_sequences_guide_runs_on_a_saved_tiny_esm(esm, tmp_path):
+    """docs/sequences.md's ESM-2 block as written, the folder pointing at a tiny ESM saved with
+    save_pretrained (the files ESM-2's folder has), on CPU with 4 steps."""
+    from test_docs_and_demo import run_block
+
+    model, tok = esm
+    model.save_pretrained(tmp_path / "esm")
+    tok.save_pretrained(tmp_path / "esm")
+    namespace = run_block(
+        "docs/sequences.md",
+        "esm2_t6_8M",
+        (
+            ("models/esm2_t6_8M_UR50D", str(tmp_path / "esm")),
+            ('.to("cuda")', '.to("cpu")'),
+            ("num_steps=48", "num_steps=4"),
+        ),
+    )
+    x = namespace["x"]
+    assert x.shape == (8, 48) and all(len(s) == 48 for s in namespace["prior"].decode(x))
+
+
+def run_protein_example(argv):
+    import runpy
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "protein_steering.py"
+    return runpy.run_path(str(path), run_name="protein_example")["main"](argv)
+
+
+def test_the_protein_example_steers_the_shipped_esm_and_loads_a_local_folder(esm, tmp_path, capsys):
+    summary = run_protein_example(["--particles", "8", "--train", "128", "--steps", "8", "--device", "cpu"])
+    printed = capsys.readouterr().out
+    assert set(summary) == {"pretrained", "SMC (Taylor proposal)", "SMC (prior proposal)", "SVDD", "beam search"}
+    assert summary["SMC (Taylor proposal)"]["property"] > summary["pretrained"]["property"]
+    assert all(0 <= s["diversity"] <= 1 and s["pll"] < 0 for s in summary.values())
+    assert "ESM PLL" in printed and "SMC (Taylor proposal): " in printed
+    model, tok = esm  # --model: an ESM folder as a user has ESM-2 on disk (here the tiny one)
+    model.save_pretrained(tmp_path / "esm")
+    tok.save_pretrained(tmp_path / "esm")
+    argv = ["--model", str(tmp_path / "esm"), "--length", "6", "--steps", "3", "--particles", "4", "--train", "32"]
+    summary = run_protein_example([*argv, "--device", "cpu"])
+    assert summary["pretrained"]["pll"] < 0
+    from tilted.errors import MissingWeightsError
+
+    with pytest.raises(MissingWeightsError, match="hf download facebook/esm2_t6_8M_UR50D"):
+        run_protein_example(["--model", str(tmp_path / "nowhere"), "--device", "cpu"])

@@ -189,3 +189,30 @@ def test_smc_at_temperature_one_gives_the_class_conditional_law(classifier):
 def test_digits_weights_folder_is_the_package_data():
     assert WEIGHTS == Path(tilted.__file__).parent / "pretrained" / "weights" / "digits"
     assert (WEIGHTS / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+
+
+def test_the_peptide_esm_loads_from_its_folder_and_samples_the_heptad_law():
+    """The shipped peptide ESM: a MaskedLM over 20 amino acids; its 16-step chain's samples have the data's
+    hydrophobic pattern (core-count TV within 3× the floor of two data sets: the card's 0.028 vs 0.027 at
+    n = 4000; here n = 1000, floor ≈ 0.05) and a mean data log-density near the data's (−41.3; card: −42.5)."""
+    from tilted.distributions import MaskedLM
+    from tilted.pretrained import peptide_data, peptide_lm
+    from tilted.pretrained import peptides as P
+
+    prior = peptide_lm()
+    assert isinstance(prior, MaskedLM) and prior.length == 16 and "".join(prior.alphabet) == P.AMINO_ACIDS
+    torch.testing.assert_close(P.emission_probs().sum(-1), torch.ones(2, dtype=torch.float64))
+    x = prior.sample((1000,), generator=0)
+    data = peptide_data(1000, torch.Generator().manual_seed(1))
+    again = peptide_data(1000, torch.Generator().manual_seed(2))
+    core = torch.tensor([a in P.CORE for a in P.AMINO_ACIDS])
+
+    def hist(s):
+        return torch.bincount(core[s].sum(-1), minlength=17).double() / len(s)
+
+    floor = 0.5 * float((hist(again) - hist(data)).abs().sum())
+    assert 0.5 * float((hist(x) - hist(data)).abs().sum()) < 3 * floor + 0.02
+    assert float(P.log_prob(x).mean()) > float(P.log_prob(data).mean()) - 2.5
+    # log_prob is a normalised density: it sums to 1 over a length-2 law (400 sequences)
+    pairs = torch.cartesian_prod(torch.arange(20), torch.arange(20))
+    assert abs(float(P.log_prob(pairs).exp().sum()) - 1) < 1e-12
