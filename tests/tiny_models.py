@@ -123,9 +123,7 @@ def tiny_unet(channels: int = 3, size: int = 8, seed: int = 0):
     ).eval()
 
 
-#: ESM-2's vocabulary, in its order (facebook/esm2_t6_8M_UR50D vocab.txt)
-ESM_VOCAB = ["<cls>", "<pad>", "<eos>", "<unk>", *"LAGVSERTIDPKQNFYMHWCXBUZO", ".", "-", "<null_1>", "<mask>"]
-AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
+from tilted.pretrained.peptides import ESM_VOCAB  # noqa: E402  (ESM-2's vocabulary, in its order)
 
 
 def tiny_esm(folder, seed: int = 0, hidden: int = 32, initializer_range: float = 0.02):
