@@ -123,6 +123,7 @@ def tiny_unet(channels: int = 3, size: int = 8, seed: int = 0):
     ).eval()
 
 
+from tilted.pretrained.peptides import AMINO_ACIDS as AMINO_ACIDS  # noqa: E402  (re-exported for the tests)
 from tilted.pretrained.peptides import ESM_VOCAB  # noqa: E402  (ESM-2's vocabulary, in its order)
 
 
