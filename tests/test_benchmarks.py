@@ -340,3 +340,17 @@ def test_online_benchmark_runs_every_method_and_writes_its_page(tmp_path):
     )
     rendered = bench.main(["online", "--render", str(tmp_path / "o.json"), "--out", str(tmp_path / "again")])
     assert rendered.read_text().split("\n", 6)[6] == text.split("\n", 6)[6]
+
+
+def test_masked_defaults_benchmark_runs_a_configuration_and_writes_its_page(monkeypatch):
+    """benchmarks.masked_defaults on a few runs: a finite TV and log Ẑ error per repetition, and a page row per
+    (task, configuration)."""
+    from benchmarks import masked_defaults as md
+    from benchmarks.tasks import discrete
+
+    monkeypatch.setattr(md, "POINTS", 50)
+    out = md.run(discrete(seed=1), 8, {"proposal": "gradient"}, rep=0)
+    assert 0 <= out["tv"] <= 1 and math.isfinite(out["log_z_error"])
+    row = {"floor": [0.1]} | {name: {"reps": [out], "seconds": 1.0} for name in md.CONFIGS}
+    page = md.report({"seed 1": row}, "test")
+    assert page.count("| seed 1 |") == len(md.CONFIGS) and "Mean TV − floor" in page

@@ -287,3 +287,16 @@ def test_all_sequences_order_matches_tables():
     seqs = all_sequences(3, 2)
     t = torch.arange(9.0).reshape(3, 3)
     assert torch.equal(t[seqs[:, 0], seqs[:, 1]], t.reshape(-1))
+
+
+def test_the_signal_weight_of_a_masked_process_is_its_visible_fraction():
+    """potential_weight="signal" (the default) weighs level k's fill potential by α_k (w_0 = 1 exactly,
+    w_K = α_K = 0: the all-mask level carries no reward guess); "none" keeps w ≡ 1."""
+    g = torch.Generator().manual_seed(0)
+    process = MaskedDiffusion(data=TabularSequences(torch.rand(3, 3, 3, generator=g)), num_steps=6, schedule="cosine")
+    torch.testing.assert_close(process.signal_fraction, process.alphas)
+    w = SMC(lambda: None, 4)._potential_weights(process, torch.device("cpu"))
+    torch.testing.assert_close(w, process.alphas)
+    assert w[0] == 1 and w[-1] == 0
+    none = SMC(lambda: None, 4, potential_weight="none")._potential_weights(process, torch.device("cpu"))
+    assert torch.equal(none, torch.ones(7, dtype=torch.float64))

@@ -19,8 +19,10 @@ reward, the reward of a classifier no engine sees, diversity and class coverage,
 temperature) is on its own page, [benchmarks_digits.md](benchmarks_digits.md), written by
 `./run bench digits`; trained networks on the toys and the digits UNet (the defaults on learned
 denoisers, against an importance-sampling reference of each network's own chain):
-[benchmarks_trained.md](benchmarks_trained.md). **Flow-matching priors** (the toys' exact flows at two
-noise levels beside the DDPM chain, same engines and metrics): [benchmarks_flow.md](benchmarks_flow.md).
+[benchmarks_trained.md](benchmarks_trained.md). **Flow-matching priors** (the toys' exact flows and a
+trained velocity MLP at two noise levels beside the DDPM chain, same engines and metrics):
+[benchmarks_flow.md](benchmarks_flow.md). **Masked defaults** (the fill potential's weight, the number
+of fills and N on three discrete tasks): [benchmarks_masked.md](benchmarks_masked.md).
 **Online black-box optimisation** (`tilted.online`: best and mean true value against the query budget
 on the grid toy and the digits model, for each surrogate, optimism off, best-of-N against the
 surrogate and random search, 3 seeds with their range) is on

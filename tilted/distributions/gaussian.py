@@ -129,6 +129,11 @@ class GaussianPath(SequentialProcess):
     def draw_initial(self, shape, generator=None):
         return torch.randn(torch.Size(shape) + self.event_shape, generator=generator, device=self.device)
 
+    @property
+    def signal_fraction(self) -> torch.Tensor:
+        """ᾱ_k = SNR/(1 + SNR) for k = 0, …, K: the weight ``potential_weight="signal"`` gives level k."""
+        return self.alphas_cumprod
+
     def _context(self, batch: torch.Size) -> dict[str, Any]:
         """The context for a flattened batch: tensors with a leading group dimension P are read per group."""
         if not self.batch_shape:

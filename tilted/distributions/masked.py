@@ -154,6 +154,11 @@ class MaskedDiffusion(SequentialProcess):
     def support(self):
         return constraints.integer_interval(0, self.vocab_size - 1)
 
+    @property
+    def signal_fraction(self) -> torch.Tensor:
+        """α_k for k = 0, …, K, the fraction of visible tokens: the weight ``potential_weight="signal"`` gives level k."""
+        return self.alphas
+
     def unmask_probability(self, k: int) -> float:
         """u_k = (α_{k-1} − α_k)/(1 − α_k): the chance that a masked position is filled at step k (u_1 = 1)."""
         if not 1 <= int(k) <= self.num_steps:

@@ -36,7 +36,6 @@ import torch
 from tqdm.auto import tqdm
 
 from tilted._random import Seed, as_generator
-from tilted.distributions.gaussian import GaussianPath
 from tilted.distributions.masked import MaskedDiffusion
 from tilted.errors import DegenerateWeightsError, ModelError, NoDensityError, NonFiniteError
 from tilted.inference.discrete import MaskedKernel, check_fill
@@ -104,7 +103,8 @@ class SMC:
         w_k multiplying the reward potentials φ_k = w_k Σ_j λ_{j,k} r_j(x̂_0(x_k))/α_j before the
         final level (which is always exact, w_0 = 1): ``"signal"`` (default) w_k = ᾱ_k, the signal
         fraction of x_k, which bounds a network's error amplification x̂_0 − x_0 ∝ √((1 − ᾱ)/ᾱ)
-        (docs/engines.md); ``"none"`` w ≡ 1; or a function of ᾱ_k. Masked processes use w ≡ 1.
+        (docs/engines.md); ``"none"`` w ≡ 1; or a function of ᾱ_k. On masked processes ᾱ_k is α_k,
+        the fraction of visible tokens (``process.signal_fraction``; docs/benchmarks_masked.md).
     resampler
         ``"systematic"`` (default), ``"stratified"``, ``"multinomial"``, ``"residual"``, ``"ssp"``.
     ess_threshold
@@ -230,9 +230,10 @@ class SMC:
     def _potential_weights(self, process, device) -> torch.Tensor:
         """w_k for levels k = 0, …, K (w_0 = 1: the final level is exact)."""
         K = process.num_steps
-        if self.potential_weight == "none" or not isinstance(process, GaussianPath):
+        signal = getattr(process, "signal_fraction", None)
+        if self.potential_weight == "none" or signal is None:
             return torch.ones(K + 1, dtype=torch.float64, device=device)
-        abar = process.alphas_cumprod.to(device, torch.float64)
+        abar = signal.to(device, torch.float64)
         if self.potential_weight == "signal":
             w = abar.clone()
         else:
