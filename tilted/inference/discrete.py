@@ -18,6 +18,8 @@ With φ the tempered log-potential Σ_j λ_j r_j/α_j,
 - ``fill="argmax"``: φ_k = Σ_j λ_j r_j(argmax x̂_0(x_k))/α_j, one deterministic fill (cheaper; no
   randomness, but a hard decode that ignores the uncertainty of the masked positions).
 
+SMC multiplies φ_k by w_k = α_k, the visible fraction (``potential_weight="signal"``; docs/engines.md).
+
 A soft-fill ψ is random. The target stays exact: the weight of a whole path is
 Π_k p_k/q_k · exp(ψ_0) whatever the intermediate ψ_k, as long as each ψ_k is computed once per particle,
 stored in the state and gathered with it at resampling (the telescope ψ_{k-1} − ψ_k uses the *carried*
