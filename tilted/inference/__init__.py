@@ -1,5 +1,7 @@
 """Inference engines: sequential Monte Carlo, importance sampling, guidance and search, with their building blocks."""
 
+from tilted.inference.budget import Budget, BudgetError
+from tilted.inference.gibbs import ParticleGibbs, SweepTrace
 from tilted.inference.guidance import DPS, MPGD, FreeDoM, TaylorGuidance
 from tilted.inference.importance import Importance
 from tilted.inference.learned import LearnedSoftValue
@@ -16,6 +18,8 @@ __all__ = [
     "SMC",
     "SVDD",
     "BeamSearch",
+    "Budget",
+    "BudgetError",
     "BestOfN",
     "Counts",
     "FreeDoM",
@@ -24,9 +28,11 @@ __all__ = [
     "LearnedSoftValue",
     "Max",
     "NestedIS",
+    "ParticleGibbs",
     "Potential",
     "Result",
     "StepTrace",
+    "SweepTrace",
     "TaylorGuidance",
     "Sum",
     "Terminal",

@@ -133,8 +133,13 @@ def masked_move(probs: torch.Tensor, tilt: torch.Tensor | None = None, generator
     log_p = probs.to(F64).log()
     log_q = torch.log_softmax(log_p + tilt, -1)
     x = draw_categorical(log_q.exp(), generator)
-    at = x.unsqueeze(-1)
-    return x, (log_p.gather(-1, at) - log_q.gather(-1, at)).squeeze(-1).sum(-1)
+    return x, at_tokens(log_p - log_q, x)
+
+
+def at_tokens(log_probs: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Σ_i log_probs[..., i, x_i]: a per-position table (..., L, V + 1) read at the tokens x (..., L)."""
+    at = x.expand(log_probs.shape[:-1]).unsqueeze(-1)
+    return log_probs.gather(-1, at).squeeze(-1).sum(-1)
 
 
 def relaxed_gradients(factors, P: torch.Tensor) -> torch.Tensor:
@@ -230,3 +235,15 @@ class MaskedKernel:
         probs = self.process.transition_probs(state.x, k, state.x0)
         tilt = None if gradient is None else taylor_tilt(gradient, state.x0, state.x == self.process.mask_id)
         return masked_move(probs, tilt, generator)
+
+    def pinned(self, x, x0, k: int, gradient, x_new) -> torch.Tensor:
+        """log p − log q of a *given* x_{k-1} = ``x_new`` under the (tilted) move from (x, x̂_0) at level k."""
+        if k > self.process.num_steps or gradient is None:
+            return torch.zeros(x_new.shape[:-1], dtype=F64, device=x_new.device)
+        log_p = self.process.transition_probs(x, k, x0).to(F64).log()
+        log_q = torch.log_softmax(log_p + taylor_tilt(gradient, x0, x == self.process.mask_id), -1)
+        return at_tokens(log_p - log_q, x_new)
+
+    def log_transition(self, x, x0, k: int, x_new) -> torch.Tensor:
+        """log p_k(x_new | x) for every particle (x (R, N, L), x_new broadcast), float64; −∞ where impossible."""
+        return at_tokens(self.process.transition_probs(x, k, x0).to(F64).log(), x_new)

@@ -21,11 +21,14 @@ class Importance(SMC):
 
     Parameters
     ----------
-    model, num_particles, num_runs, batch_size, progress
-        As for :class:`~tilted.inference.smc.SMC`.
+    model, num_particles, num_runs, batch_size, progress, budget
+        As for :class:`~tilted.inference.smc.SMC` (a budget sizes N: K denoiser calls and F reward calls
+        per particle).
     """
 
-    def __init__(self, model, num_particles: int, *, num_runs=None, batch_size=None, progress=None):
+    def __init__(
+        self, model, num_particles: int | None = None, *, num_runs=None, batch_size=None, progress=None, budget=None
+    ):
         super().__init__(
             model,
             num_particles,
@@ -35,7 +38,13 @@ class Importance(SMC):
             num_runs=num_runs,
             batch_size=batch_size,
             progress=progress,
+            budget=budget,
         )
 
     def config(self) -> dict:
-        return {"engine": "Importance", "num_particles": self.num_particles, "num_runs": self.num_runs}
+        return {
+            "engine": "Importance",
+            "num_particles": self._particles,
+            "num_runs": self.num_runs,
+            "budget": None if self.budget is None else self.budget.as_dict(),
+        }

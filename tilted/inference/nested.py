@@ -41,6 +41,7 @@ import torch
 from tilted.errors import NonFiniteError
 from tilted.inference.candidates import choose, expand, take
 from tilted.inference.potentials import Potential
+from tilted.inference.result import Counts
 from tilted.inference.smc import SMC, State
 from tilted.inference.walk import positive_int
 from tilted.plan import Plan
@@ -74,14 +75,15 @@ class NestedIS(SMC):
     ess_threshold
         κ: resample when ESS < κN (default 1.0: at every step, as the Uehara et al. tutorial's nested
         IS does; 0.5 resamples adaptively).
-    resampler, tempering, num_runs, batch_size, progress, fill, num_fills
-        As for :class:`~tilted.inference.SMC` (``fill``/``num_fills``: how masked models read ψ off x̂_0).
+    resampler, tempering, num_runs, batch_size, progress, fill, num_fills, budget
+        As for :class:`~tilted.inference.SMC` (``fill``/``num_fills``: how masked models read ψ off x̂_0;
+        a budget sizes N by :meth:`cost`).
     """
 
     def __init__(
         self,
         model,
-        num_particles: int,
+        num_particles: int | None = None,
         *,
         num_candidates: int = 20,
         potential: Potential | str = "tweedie",
@@ -93,8 +95,10 @@ class NestedIS(SMC):
         progress: bool | None = None,
         fill: str = "soft",
         num_fills: int = 4,
+        budget=None,
     ):
         positive_int("num_candidates", num_candidates)
+        self.num_candidates = num_candidates
         super().__init__(
             model,
             num_particles,
@@ -108,8 +112,20 @@ class NestedIS(SMC):
             progress=progress,
             fill=fill,
             num_fills=num_fills,
+            budget=budget,
         )
-        self.num_candidates = num_candidates
+
+    def cost(self, plan: Plan) -> Counts:
+        """Per particle and run: x̂_0 and the rewards (× fills) of every candidate below level K; the last exact."""
+        if self._kernel is None:
+            self._setup(plan)
+        process, F = plan.process, len(plan.factors)
+        needs, fills = self.potential.uses_rewards, getattr(self._kernel, "num_fills", 1)
+        M = {k: 1 if process.is_deterministic(k) else self.num_candidates for k in process.levels}
+        inner = sum(M[k] for k in process.levels if k > 1)
+        reuse_last = M[1] == 1 and process.is_deterministic(1) and needs
+        rewards = (F * fills * (1 + inner) if needs else 0) + (0 if reuse_last else F * M[1])
+        return Counts(1 + inner, rewards, 0)
 
     def step(self, plan: Plan, state: State, generator: torch.Generator | None = None):
         """Expand x_k into M candidates, keep one by local weight, weight by the mean local weight."""

@@ -49,10 +49,21 @@ def gaussian_move(
         return mean + noise, torch.zeros(batch, dtype=F64, device=mean.device)
     shift = sigma**2 * drift.to(mean.dtype)
     x = mean + shift + noise
-    dims = tuple(range(mean.ndim - event_dim, mean.ndim))
-    n, d = noise.to(F64), (noise + shift).to(F64)
-    log_ratio = ((n**2).sum(dims) - (d**2).sum(dims)) / (2 * sigma**2)
-    return x, log_ratio
+    return x, _ratio(noise.to(F64), (noise + shift).to(F64), sigma, event_dim)
+
+
+def gaussian_log_ratio(x: torch.Tensor, mean: torch.Tensor, sigma: float, drift: torch.Tensor | None, event_dim: int):
+    """log p(x) − log q(x) of a given x under p = N(mean, σ²I) and q = N(mean + σ²·drift, σ²I) (float64)."""
+    offset = x - mean
+    if drift is None:
+        return torch.zeros(offset.shape[: offset.ndim - event_dim], dtype=F64, device=x.device)
+    return _ratio((offset - sigma**2 * drift.to(offset.dtype)).to(F64), offset.to(F64), sigma, event_dim)
+
+
+def _ratio(noise: torch.Tensor, offset: torch.Tensor, sigma: float, event_dim: int) -> torch.Tensor:
+    """(‖x − μ − σ²g‖² − ‖x − μ‖²)/(2σ²) from the two offsets, summed over the event dimensions."""
+    dims = tuple(range(noise.ndim - event_dim, noise.ndim))
+    return ((noise**2).sum(dims) - (offset**2).sum(dims)) / (2 * sigma**2)
 
 
 def trust_region(
@@ -149,3 +160,18 @@ class GaussianKernel:
             return self.process.transition_moments(state.x, k, state.x0)[0], torch.zeros_like(state.psi)
         mean, sigma = self.process.transition_moments(state.x, k, state.x0)
         return gaussian_move(mean, sigma, drift, self.event_dim, generator)
+
+    def pinned(self, x, x0, k: int, drift, x_new) -> torch.Tensor:
+        """log p − log q of a *given* x_{k-1} = ``x_new`` under the move from (x, x̂_0) at level k (k = K + 1: x_K)."""
+        if k > self.process.num_steps:
+            return gaussian_log_ratio(x_new, torch.zeros_like(x_new), 1.0, drift, self.event_dim)
+        if self.process.is_deterministic(k):
+            return torch.zeros(x_new.shape[: x_new.ndim - self.event_dim], dtype=F64, device=x_new.device)
+        mean, sigma = self.process.transition_moments(x, k, x0)
+        return gaussian_log_ratio(x_new, mean, sigma, drift, self.event_dim)
+
+    def log_transition(self, x, x0, k: int, x_new) -> torch.Tensor:
+        """log p_k(x_new | x) + const for every particle (x (R, N, *E), x_new broadcast), float64; k stochastic."""
+        mean, sigma = self.process.transition_moments(x, k, x0)
+        dims = tuple(range(mean.ndim - self.event_dim, mean.ndim))
+        return -((x_new - mean).to(F64) ** 2).sum(dims) / (2 * sigma**2)

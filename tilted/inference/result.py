@@ -23,6 +23,13 @@ class Counts:
     def as_dict(self) -> dict[str, int]:
         return dict(vars(self))
 
+    def scaled(self, n: int) -> Counts:
+        """Every count times n (the cost of n particles from the cost of one)."""
+        return Counts(*(n * v for v in vars(self).values()))
+
+    def __add__(self, other: Counts) -> Counts:
+        return Counts(*(a + b for a, b in zip(vars(self).values(), vars(other).values(), strict=True)))
+
 
 @dataclass
 class StepTrace:
@@ -92,6 +99,7 @@ class Result:
     counts: Counts = field(default_factory=Counts)
     config: dict[str, Any] = field(default_factory=dict)
     temperatures: dict[str, float] = field(default_factory=dict)
+    sweeps: Any = None  # particle Gibbs: its SweepTrace (tilted.inference.gibbs)
 
     @property
     def batched(self) -> bool:

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from tilted._random import Seed, as_generator
 from tilted.distributions.masked import MaskedDiffusion
 from tilted.errors import DegenerateWeightsError, ModelError, NoDensityError, NonFiniteError
+from tilted.inference.budget import Budget, BudgetError, as_budget, sized
 from tilted.inference.discrete import MaskedKernel, check_fill
 from tilted.inference.potentials import Potential, Terminal, Twist, as_potential
 from tilted.inference.proposals import PROPOSALS, GaussianKernel
@@ -124,12 +125,16 @@ class SMC:
         Masked (discrete) models only: potentials read the rewards of ``num_fills`` sequences drawn
         from x̂_0 (``"soft"``: their log-mean-exp soft value) or of its ``"argmax"``; there
         ``proposal="gradient"`` is the Taylor tilt of the masked positions (:mod:`tilted.inference.discrete`).
+    budget
+        Denoiser calls (int) or a :class:`~tilted.inference.budget.Budget` (denoiser and/or reward
+        calls, summed over runs): N becomes the largest number of particles whose cost
+        (:meth:`cost`) fits, capped by ``num_particles`` when both are given (sized; :mod:`tilted.inference.budget`).
     """
 
     def __init__(
         self,
         model,
-        num_particles: int,
+        num_particles: int | None = None,
         *,
         proposal: str = "prior",
         trust_region: float | None = TRUST_REGION,
@@ -145,8 +150,14 @@ class SMC:
         progress: bool | None = None,
         fill: str = "soft",
         num_fills: int = 4,
+        budget: int | Budget | dict | None = None,
     ):
-        if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
+        self.budget = as_budget(budget)
+        if num_particles is None and self.budget is None:
+            raise ValueError("give num_particles, or a budget= that sizes it")
+        if num_particles is not None and (
+            isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1
+        ):
             raise ValueError(f"num_particles must be a positive integer, got {num_particles!r}")
         if proposal not in PROPOSALS:
             raise ValueError(f"proposal must be one of {PROPOSALS}, got {proposal!r}")
@@ -184,6 +195,7 @@ class SMC:
         self.progress = progress
         self.fill, self.num_fills = fill, num_fills
         self._kernel: GaussianKernel | MaskedKernel | None = None
+        self._particles = num_particles
 
     # -- configuration read from the model ---------------------------------------------------
     def _setup(self, plan: Plan) -> None:
@@ -226,6 +238,52 @@ class SMC:
         bind = getattr(self.potential, "bind", None)
         if bind is not None:  # a potential that evaluates the model itself counts its calls here too
             bind(self.counts)
+        self._particles = self._size(plan)
+
+    def _size(self, plan: Plan) -> int:
+        """N: ``num_particles``, or the largest N whose cost fits the budget (capped by ``num_particles``)."""
+        if self.budget is None:
+            return self.num_particles
+        R = plan.runs(self.num_runs)
+        fit = sized(self.budget, self.cost(plan).scaled(R), "particle", self.fixed_cost(plan))
+        return fit if self.num_particles is None else min(fit, self.num_particles)
+
+    # -- cost --------------------------------------------------------------------------------
+    def cost(self, plan: Plan) -> Counts:
+        """Calls per particle and run: one denoiser call at each level K, …, 1; rewards (× fills) where ψ reads them.
+
+        Exact for the built-in potentials (``result.counts`` = N·R·cost + :meth:`fixed_cost`); a potential
+        that evaluates the model itself (``GaussianSoftValue``) has no predicted cost.
+        """
+        if self._kernel is None:
+            self._setup(plan)
+        if getattr(self.potential, "bind", None) is not None and self.budget is not None:
+            raise BudgetError(f"the cost of potential {self.potential!r} is not predicted; give num_particles")
+        process, F = plan.process, len(plan.factors)
+        K, needs = process.num_steps, self.potential.uses_rewards
+        fills = getattr(self._kernel, "num_fills", 1)
+        reuse_last = needs and process.is_deterministic(1)  # x_0 = x̂_0(x_1): the last rewards are the final ones
+        rewards = F * (K * fills if needs else 0) + (0 if reuse_last else F)
+        moves = sum(not process.is_deterministic(k) for k in process.levels)
+        if not self._gradient:
+            grads = 0
+        elif isinstance(self.potential, Twist):
+            grads = moves
+        else:
+            grads = F * K if needs else 0
+        return Counts(K, rewards, grads)
+
+    def fixed_cost(self, plan: Plan) -> Counts:
+        """Calls independent of N: the gradient proposal's one probe per group at x_K = 0."""
+        if self._kernel is None:
+            self._setup(plan)
+        lam = self._lambda_table[:, 0]
+        needs, P, F = self.potential.uses_rewards, plan.groups, len(plan.factors)
+        if not (self._gradient and self._kernel.tilts_initial and (not needs or bool((lam != 0).any()))):
+            return Counts()
+        if isinstance(self.potential, Twist):
+            return Counts(0, 0, P)
+        return Counts(P, F * P, F * P) if needs else Counts()
 
     def _potential_weights(self, process, device) -> torch.Tensor:
         """w_k for levels k = 0, …, K (w_0 = 1: the final level is exact)."""
@@ -286,8 +344,12 @@ class SMC:
     def init(self, plan: Plan, generator: torch.Generator | None = None) -> tuple[State, StepInfo]:
         """Draw x_K, weight it by G_K and (maybe) resample: the state at level K."""
         self._setup(plan)
+        return self._start(plan, generator)
+
+    def _start(self, plan: Plan, generator: torch.Generator | None = None) -> tuple[State, StepInfo]:
+        """:meth:`init` after the configuration is read (particle Gibbs starts every sweep here)."""
         process, K = plan.process, plan.process.num_steps
-        R, N, P, device = plan.runs(self.num_runs), self.num_particles, plan.groups, self._device
+        R, N, P, device = plan.runs(self.num_runs), self._particles, plan.groups, self._device
         lam = self._lambdas_at(0, torch.zeros(R, dtype=torch.float64, device=device))
         needs = self.potential.uses_rewards
         drift = None
@@ -302,7 +364,7 @@ class SMC:
             drift = self._drift(plan, probe, K + 1, lam[:, :P])
             drift = None if drift is None else drift.repeat((R // P,) + (1,) * (drift.ndim - 1))
         drift, clipped = self._bound(drift, K + 1, (R, N))
-        x, log_ratio = self._kernel.initial((R, N), drift, generator)
+        x, log_ratio = self._initial((R, N), drift, generator)
         x0, rewards, grads = self._evaluate(plan, x, K, needs, self._gradient and needs, generator)
         psi = self.potential.start(self._phi(plan, rewards, lam, x, K), x, K)
         state = State(
@@ -326,7 +388,7 @@ class SMC:
         lam_guide = self._lambdas_at(s, self._adaptive_lambda(state))
         drift = None if process.is_deterministic(k) else self._drift(plan, state, k, lam_guide)  # nothing to tilt
         drift, clipped = self._bound(drift, k, state.psi.shape)
-        x_new, log_ratio = self._kernel.move(state, k, drift, generator)
+        x_new, log_ratio = self._move(state, k, drift, generator)
         if last:
             exact = state.rewards if process.is_deterministic(k) and state.rewards is not None else None
             rewards = self._final_rewards(plan, x_new) if exact is None else exact
@@ -351,6 +413,19 @@ class SMC:
         inc, psi, lam = increment(chosen)
         new = replace(state, level=k - 1, x=x_new, x0=x0, rewards=rewards, grads=grads, psi=psi, lambdas=lam)
         return self._reweight(new, inc, s, generator, last, clipped)
+
+    # -- hooks that conditional SMC (particle Gibbs) overrides ---------------------------------
+    def _initial(self, shape, drift, generator):
+        """x_K and log p − log q for R × N particles."""
+        return self._kernel.initial(shape, drift, generator)
+
+    def _move(self, state: State, k: int, drift, generator):
+        """x_{k-1} and log p − log q for every particle of ``state`` at level k."""
+        return self._kernel.move(state, k, drift, generator)
+
+    def _resample(self, state: State, generator) -> torch.Tensor:
+        """Ancestors (R, N) from the normalised weights of ``state``."""
+        return self.resampler(state.log_weights, generator)
 
     def _bound(self, drift: torch.Tensor | None, k: int, batch) -> tuple[torch.Tensor | None, torch.Tensor]:
         """The drift of the move from level k inside the trust region, and the fraction of particles scaled (R,)."""
@@ -382,7 +457,7 @@ class SMC:
             do = cur_ess < self.ess_threshold * N
         ancestors = torch.arange(N, device=device).expand(R, N).clone()
         if bool(do.any()):
-            drawn = self.resampler(log_weights, generator)
+            drawn = self._resample(state, generator)
             ancestors = torch.where(do[:, None], drawn, ancestors)
             gathered = state.gather(ancestors)
             keep = ~do[:, None]
@@ -425,7 +500,7 @@ class SMC:
         """The engine's settings, for reports and reproducibility."""
         return {
             "engine": type(self).__name__,
-            "num_particles": self.num_particles,
+            "num_particles": self._particles,
             "num_runs": self.num_runs,
             "proposal": self.proposal,
             "trust_region": self.trust_region,
@@ -436,6 +511,7 @@ class SMC:
             "resample_every": self.resample_every,
             "resample_window": self.resample_window,
             "tempering": repr(self.tempering),
+            "budget": None if self.budget is None else self.budget.as_dict(),
             **({"fill": self.fill, "num_fills": self.num_fills} if isinstance(self._kernel, MaskedKernel) else {}),
         }
 
