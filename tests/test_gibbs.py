@@ -32,8 +32,8 @@ from test_smc import gaussian_process, make_model
 
 from tilted.distributions import TableReward
 from tilted.errors import ModelError, NoDensityError
-from tilted.inference import SMC, Importance, NestedIS, ParticleGibbs, Twist
-from tilted.inference.budget import Budget, BudgetError
+from tilted.inference import Importance, ParticleGibbs, Twist
+from tilted.inference.budget import BudgetError
 from tilted.inference.discrete import masked_move, taylor_tilt
 from tilted.inference.proposals import gaussian_move
 from tilted.plan import read_plan
@@ -219,36 +219,6 @@ def test_masked_stationary_law_matches_the_enumerated_target(proposal):
 
 
 # -- budgets ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    "make",
-    [
-        lambda m, n, **kw: SMC(m, n, **kw),
-        lambda m, n, **kw: SMC(m, n, proposal="gradient", potential="max", **kw),
-        lambda m, n, **kw: Importance(m, n, **kw),
-        lambda m, n, **kw: NestedIS(m, n, num_candidates=3, **kw),
-    ],
-)
-@pytest.mark.parametrize("masked", [False, True])
-def test_cost_is_exact_and_budget_sizes_particles(make, masked):
-    if masked:
-        proc = masked_process(3, 3, 4, 0)
-        model = masked_model(proc, TableReward(table(3, 3, 1, -1, 1)), 0.5)
-    else:
-        model = problem()[1]
-    plan = read_plan(model)
-    engine = make(model, 5, num_runs=3)
-    res = engine.run(seed=0)
-    assert res.counts == engine.cost(plan).scaled(15) + engine.fixed_cost(plan)
-    budget = res.counts.denoiser_calls + 2 * 3 * engine.cost(plan).denoiser_calls + 1  # room for N = 7, not 8
-    sized = make(model, None, num_runs=3, budget=budget).run(seed=0)
-    assert sized.num_particles == 7 and sized.counts.denoiser_calls <= budget
-    assert sized.config["budget"] == {"denoiser_calls": budget, "reward_calls": None}
-    reward_cap = make(model, 100, num_runs=3, budget=Budget(reward_calls=res.counts.reward_calls)).run(seed=0)
-    assert reward_cap.num_particles == 5  # capped by the reward budget (num_particles = 100 is the upper bound)
-    with pytest.raises(BudgetError, match="raise the budget"):
-        make(model, None, num_runs=3, budget=2).run(seed=0)
-
-
 def test_particle_gibbs_budget_sizes_the_sweeps():
     _, model, _, _ = problem()
     plan = read_plan(model)

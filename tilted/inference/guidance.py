@@ -50,6 +50,7 @@ import torch
 from tilted.distributions.masked import MaskedDiffusion
 from tilted.errors import ModelError
 from tilted.inference.discrete import masked_move, taylor_tilt
+from tilted.inference.result import Counts
 from tilted.inference.values import Values
 from tilted.inference.walk import ChainEngine, Walk, non_negative, positive_int
 from tilted.plan import Plan
@@ -64,8 +65,20 @@ class Guidance(ChainEngine):
     #: whether g_k is ∇_{x_k} ψ̂(x̂_0(x_k)) (True) or ∇_{x̂_0} ψ̂ at the prediction (False)
     through_denoiser = True
 
-    def __init__(self, model, num_particles: int, *, scale: float = 1.0, num_runs=None, batch_size=None, progress=None):
-        super().__init__(model, num_particles, num_runs=num_runs, batch_size=batch_size, progress=progress)
+    def __init__(
+        self,
+        model,
+        num_particles: int | None = None,
+        *,
+        scale: float = 1.0,
+        num_runs=None,
+        batch_size=None,
+        progress=None,
+        budget=None,
+    ):
+        super().__init__(
+            model, num_particles, num_runs=num_runs, batch_size=batch_size, progress=progress, budget=budget
+        )
         self.scale = non_negative("scale", scale)
 
     def check(self, plan: Plan) -> None:
@@ -83,6 +96,16 @@ class Guidance(ChainEngine):
     def repeats(self, process, k: int) -> int:
         """How many times step k is taken (time travel re-noises x_{k-1} → x_k in between)."""
         return 1
+
+    def cost(self, plan: Plan) -> Counts:
+        """Per particle: each (repeated) step calls the denoiser once, and where it guides also the rewards and
+        one gradient; the final rewards are exact."""
+        process, F = plan.process, len(plan.factors)
+        guided = {k: F > 0 and self.step_size(process, k) > 0 for k in process.levels}
+        rep = {k: self.repeats(process, k) for k in process.levels}
+        moves = sum(rep.values())
+        with_grad = sum(rep[k] for k in process.levels if guided[k])
+        return Counts(moves, F * with_grad + F, with_grad)
 
     def move(self, plan: Plan, values: Values, x: torch.Tensor, k: int, generator=None) -> torch.Tensor:
         """One guided step x_k → x_{k-1}."""
@@ -177,7 +200,7 @@ class FreeDoM(Guidance):
     def __init__(
         self,
         model,
-        num_particles: int,
+        num_particles: int | None = None,
         *,
         scale: float = 1.0,
         recurrence: int = 10,
@@ -186,8 +209,17 @@ class FreeDoM(Guidance):
         num_runs=None,
         batch_size=None,
         progress=None,
+        budget=None,
     ):
-        super().__init__(model, num_particles, scale=scale, num_runs=num_runs, batch_size=batch_size, progress=progress)
+        super().__init__(
+            model,
+            num_particles,
+            scale=scale,
+            num_runs=num_runs,
+            batch_size=batch_size,
+            progress=progress,
+            budget=budget,
+        )
         positive_int("recurrence", recurrence)
         lo, hi = (non_negative("travel_window", v) for v in travel_window)
         if not lo <= hi <= 1:
@@ -288,9 +320,26 @@ class TaylorGuidance(ChainEngine):
     input, no denoiser backprop); the final rewards are exact.
     """
 
-    def __init__(self, model, num_particles: int, *, scale: float = 1.0, num_runs=None, batch_size=None, progress=None):
-        super().__init__(model, num_particles, num_runs=num_runs, batch_size=batch_size, progress=progress)
+    def __init__(
+        self,
+        model,
+        num_particles: int | None = None,
+        *,
+        scale: float = 1.0,
+        num_runs=None,
+        batch_size=None,
+        progress=None,
+        budget=None,
+    ):
+        super().__init__(
+            model, num_particles, num_runs=num_runs, batch_size=batch_size, progress=progress, budget=budget
+        )
         self.scale = non_negative("scale", scale)
+
+    def cost(self, plan: Plan) -> Counts:
+        """Per particle: one denoiser call per step, F relaxed gradients per step when guiding, exact final rewards."""
+        K, F = plan.process.num_steps, len(plan.factors)
+        return Counts(K, F, F * K if self.scale > 0 and F > 0 else 0)
 
     def check(self, plan: Plan) -> None:
         if not isinstance(plan.process, MaskedDiffusion):

@@ -35,6 +35,7 @@ from tilted.distributions.gaussian import GaussianPath
 from tilted.distributions.masked import MaskedDiffusion
 from tilted.inference.candidates import choose, expand, take, top
 from tilted.inference.discrete import check_fill
+from tilted.inference.result import Counts
 from tilted.inference.values import Values
 from tilted.inference.walk import ChainEngine, Walk, non_negative, positive_int
 from tilted.plan import Plan
@@ -48,7 +49,7 @@ class CandidateSearch(ChainEngine):
     def __init__(
         self,
         model,
-        num_particles: int,
+        num_particles: int | None = None,
         *,
         num_candidates: int = 20,
         fill: str = "soft",
@@ -56,8 +57,11 @@ class CandidateSearch(ChainEngine):
         num_runs=None,
         batch_size=None,
         progress=None,
+        budget=None,
     ):
-        super().__init__(model, num_particles, num_runs=num_runs, batch_size=batch_size, progress=progress)
+        super().__init__(
+            model, num_particles, num_runs=num_runs, batch_size=batch_size, progress=progress, budget=budget
+        )
         positive_int("num_candidates", num_candidates)
         check_fill(fill, num_fills)
         self.num_candidates = num_candidates
@@ -84,6 +88,15 @@ class CandidateSearch(ChainEngine):
         x0 = walk.x0 if walk.x0 is not None else values.predict(walk.x, k)
         cands = expand(plan.process, walk.x, x0, k, num, generator)
         return (cands, *values.state(cands, k - 1, with_value=cands.shape[2] > 1))
+
+    def cost(self, plan: Plan) -> Counts:
+        """Per particle: x̂_0 at level K, then x̂_0 of every candidate below it and their values where there
+        is a choice (× fills); the candidates x_0 of the last step are scored by exact rewards."""
+        process, F, fills = plan.process, len(plan.factors), self._fills(plan)
+        M = {k: 1 if process.is_deterministic(k) else self.num_candidates for k in process.levels}
+        inner = [k for k in process.levels if k > 1]
+        rewards = sum(F * fills * M[k] for k in inner if M[k] > 1) + F * M[1]
+        return Counts(1 + sum(M[k] for k in inner), rewards, 0)
 
     def config(self) -> dict:
         return {
@@ -134,7 +147,7 @@ class SVDD(CandidateSearch):
     def __init__(
         self,
         model,
-        num_particles: int,
+        num_particles: int | None = None,
         *,
         num_candidates: int = 20,
         temperature: float | None = None,
@@ -143,6 +156,7 @@ class SVDD(CandidateSearch):
         num_runs=None,
         batch_size=None,
         progress=None,
+        budget=None,
     ):
         super().__init__(
             model,
@@ -153,6 +167,7 @@ class SVDD(CandidateSearch):
             num_runs=num_runs,
             batch_size=batch_size,
             progress=progress,
+            budget=budget,
         )
         self.temperature = None if temperature is None else non_negative("temperature", temperature)
 
@@ -239,15 +254,20 @@ class BestOfN(CandidateSearch):
 
     def init(self, plan: Plan, values: Values, generator=None):
         R = plan.runs(self.num_runs)
-        x = plan.process.draw_initial((R, self.num_particles * self.num_candidates), generator)
+        x = plan.process.draw_initial((R, self._particles * self.num_candidates), generator)
         return Walk(plan.process.num_steps, x), self.info(plan, R)
+
+    def cost(self, plan: Plan) -> Counts:
+        """Per returned particle: M pretrained chains (K denoiser calls each) and their exact final rewards."""
+        M = self.num_candidates
+        return Counts(M * plan.process.num_steps, M * len(plan.factors), 0)
 
     def step(self, plan: Plan, values: Values, walk: Walk, generator=None):
         cands, cand_x0, value, rewards = self.candidates(plan, values, walk, 1, generator)
         x, x0, rewards = cands[:, :, 0], cand_x0[:, :, 0], None if rewards is None else rewards[..., 0]
         R = x.shape[0]
         if walk.level == 1:  # the last step: keep the best of each particle's M chains
-            grouped = x.shape[:1] + (self.num_particles, self.num_candidates)
+            grouped = x.shape[:1] + (self._particles, self.num_candidates)
             index = choose(value.reshape(grouped), True)
             x = take(x.reshape(grouped + x.shape[2:]), index, 0)
             rewards = take(rewards.reshape(rewards.shape[:1] + grouped), index, 1)

@@ -29,7 +29,9 @@ from tqdm.auto import tqdm
 
 from tilted._random import Seed, as_generator
 from tilted.distributions.gaussian import GaussianPath
+from tilted.distributions.masked import MaskedDiffusion
 from tilted.errors import ModelError
+from tilted.inference.budget import as_budget, sized
 from tilted.inference.result import Counts, Result, StepInfo, collect
 from tilted.inference.values import Values
 from tilted.plan import Plan, read_plan
@@ -79,6 +81,9 @@ class ChainEngine:
         Particles per denoiser/reward evaluation (bounds memory; results are unchanged).
     progress
         Show a progress bar (``None``: only in an interactive terminal or notebook).
+    budget
+        Denoiser calls (int) or a :class:`~tilted.inference.budget.Budget`: N becomes the largest number
+        of particles whose cost (:meth:`cost`, exact) fits, capped by ``num_particles`` when both are given.
     """
 
     #: the temperature replacing every factor's α in the value ψ̂ (``None``: the factors' own)
@@ -89,12 +94,17 @@ class ChainEngine:
     #: the processes the engine runs
     processes: tuple[type, ...] = (GaussianPath,)
 
-    def __init__(self, model, num_particles: int, *, num_runs=None, batch_size=None, progress=None):
-        positive_int("num_particles", num_particles)
+    def __init__(
+        self, model, num_particles: int | None = None, *, num_runs=None, batch_size=None, progress=None, budget=None
+    ):
+        self.budget = as_budget(budget)
+        if num_particles is None and self.budget is None:
+            raise ModelError("give num_particles, or a budget= that sizes it")
+        positive_int("num_particles", num_particles, optional=self.budget is not None)
         positive_int("num_runs", num_runs, optional=True)
         positive_int("batch_size", batch_size, optional=True)
         self.model = model
-        self.num_particles = num_particles
+        self.num_particles = self._particles = num_particles
         self.num_runs = num_runs
         self.batch_size = batch_size
         self.progress = progress
@@ -109,8 +119,22 @@ class ChainEngine:
     def init(self, plan: Plan, values: Values, generator=None) -> tuple[Walk, StepInfo]:
         """x_K ~ N(0, I) for every particle of every run (drawn as the pretrained sampler draws it)."""
         R = plan.runs(self.num_runs)
-        x = plan.process.draw_initial((R, self.num_particles), generator)
+        x = plan.process.draw_initial((R, self._particles), generator)
         return Walk(plan.process.num_steps, x), self.info(plan, R)
+
+    def cost(self, plan: Plan) -> Counts:
+        """Calls per particle and run (exact: ``result.counts`` = N·R·cost)."""
+        raise NotImplementedError
+
+    def _size(self, plan: Plan) -> int:
+        if self.budget is None:
+            return self.num_particles
+        fit = sized(self.budget, self.cost(plan).scaled(plan.runs(self.num_runs)), "particle")
+        return fit if self.num_particles is None else min(fit, self.num_particles)
+
+    def _fills(self, plan: Plan) -> int:
+        """Reward evaluations per value of a state: the fills of a masked model, else 1."""
+        return (self.num_fills if self.fill == "soft" else 1) if isinstance(plan.process, MaskedDiffusion) else 1
 
     def step(self, plan: Plan, values: Values, walk: Walk, generator=None) -> tuple[Walk, StepInfo]:
         """Move every particle from level k to k − 1."""
@@ -118,7 +142,7 @@ class ChainEngine:
 
     def info(self, plan: Plan, runs: int, ancestors: torch.Tensor | None = None) -> StepInfo:
         """A trace row for unweighted particles; ``ancestors`` (R, N) when particles were selected across."""
-        N, device = self.num_particles, plan.process.device
+        N, device = self._particles, plan.process.device
         identity = torch.arange(N, device=device).expand(runs, N)
         moved = torch.zeros(runs, dtype=torch.bool, device=device)
         if ancestors is not None:
@@ -136,6 +160,7 @@ class ChainEngine:
         """Run on ``model(*args, **kwargs)`` with an explicit seed or generator; return a :class:`Result`."""
         plan = read_plan(self.model, *args, **kwargs)
         self.check(plan)
+        self._particles = self._size(plan)
         generator = as_generator(seed, plan.process.device)
         self.counts = Counts()
         values = Values(plan, self.counts, self.batch_size, self.temperature, generator, self.fill, self.num_fills)
@@ -163,4 +188,9 @@ class ChainEngine:
 
     def config(self) -> dict:
         """The engine's settings, for reports and reproducibility."""
-        return {"engine": type(self).__name__, "num_particles": self.num_particles, "num_runs": self.num_runs}
+        return {
+            "engine": type(self).__name__,
+            "num_particles": self._particles,
+            "num_runs": self.num_runs,
+            "budget": None if self.budget is None else self.budget.as_dict(),
+        }
