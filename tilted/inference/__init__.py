@@ -1,6 +1,8 @@
 """Inference engines: sequential Monte Carlo, importance sampling, guidance and search, with their building blocks."""
 
+from tilted.inference.bandit import NoiseSearch
 from tilted.inference.budget import Budget, BudgetError
+from tilted.inference.evolution import EvolutionarySearch
 from tilted.inference.gibbs import ParticleGibbs, SweepTrace
 from tilted.inference.guidance import DPS, MPGD, FreeDoM, TaylorGuidance
 from tilted.inference.importance import Importance
@@ -22,12 +24,14 @@ __all__ = [
     "BudgetError",
     "BestOfN",
     "Counts",
+    "EvolutionarySearch",
     "FreeDoM",
     "GaussianSoftValue",
     "Importance",
     "LearnedSoftValue",
     "Max",
     "NestedIS",
+    "NoiseSearch",
     "ParticleGibbs",
     "Potential",
     "Result",

@@ -66,6 +66,14 @@ def non_negative(name: str, value) -> float:
     return out
 
 
+def fraction(name: str, value, low_open: bool = True) -> float:
+    """``value`` as a float in (0, 1] (``low_open``) or [0, 1], or :class:`ModelError`."""
+    v = non_negative(name, value)
+    if not (0 < v <= 1 if low_open else 0 <= v <= 1):
+        raise ModelError(f"{name} must be in {'(0, 1]' if low_open else '[0, 1]'}, got {value!r}")
+    return v
+
+
 class ChainEngine:
     """Base of the unweighted engines (module docstring): constructor checks, the loop, the result.
 
