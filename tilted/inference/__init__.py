@@ -13,6 +13,7 @@ from tilted.inference.presets import das, fk_steering
 from tilted.inference.result import Counts, Result, StepTrace
 from tilted.inference.search import SVDD, BeamSearch, BestOfN
 from tilted.inference.smc import SMC
+from tilted.inference.tree import TreeSearch
 
 __all__ = [
     "DPS",
@@ -38,6 +39,7 @@ __all__ = [
     "StepTrace",
     "SweepTrace",
     "TaylorGuidance",
+    "TreeSearch",
     "Sum",
     "Terminal",
     "Tweedie",
