@@ -354,3 +354,28 @@ def test_masked_defaults_benchmark_runs_a_configuration_and_writes_its_page(monk
     row = {"floor": [0.1]} | {name: {"reps": [out], "seconds": 1.0} for name in md.CONFIGS}
     page = md.report({"seed 1": row}, "test")
     assert page.count("| seed 1 |") == len(md.CONFIGS) and "Mean TV − floor" in page
+
+
+def test_scaling_benchmark_keeps_every_engine_within_its_budget_and_writes_its_page(monkeypatch, tmp_path):
+    """benchmarks.scaling on two tiny tasks: every engine runs at the budget (none fails), spends at most B per
+    point, samplers get a finite distance, and the page has a row per engine and the figure."""
+    from benchmarks import scaling
+
+    settings = scaling.Settings(
+        toy_steps=4, toy_points=12, discrete_points=40, search_points=3, repeats=1, multiples=(8, 16)
+    )
+    data = scaling.benchmark(settings, log=lambda m: None, tasks=("grid", "discrete"))
+    for task, table in data.items():
+        assert set(table) == set(scaling.ENGINES)
+        for name, rows in table.items():
+            for row in rows:
+                assert "error" not in row, (task, name, row)
+                assert row["calls_per_point"] <= row["budget"]
+                assert math.isfinite(row["best"][0])
+                if scaling.ENGINES[name][0] == "sampler":
+                    assert math.isfinite(row["distance"][0])
+    monkeypatch.chdir(tmp_path)
+    page = scaling.report(data, "test")
+    assert (tmp_path / "docs/figures/bench_scaling.png").stat().st_size > 10_000
+    for name in scaling.ENGINES:
+        assert f"| {name} |" in page

@@ -118,3 +118,17 @@ def test_presets_configure_published_samplers():
     assert resampled_steps == [4, 8, 12, 16]
     res = das(model, 64, num_steps=20, num_runs=4).run(seed=0)
     assert res.log_evidence.isfinite().all() and res.counts.gradient_evaluations > 0
+
+
+def test_search_page_runs_as_written():
+    """docs/search.md's blocks, in order: the budget sizes N as the comments say, the chains have the stated
+    shape, and every search stays within its budget and finds a reward near the maximum 0 of the toy."""
+    namespace = {}
+    for block in python_blocks("docs/search.md"):
+        exec(compile(block, "docs/search.md", "exec"), namespace)  # noqa: S102
+    assert namespace["result"].num_particles == 1000 and namespace["result"].counts.denoiser_calls <= 20_000
+    assert namespace["capped"].num_particles == 25 and namespace["capped"].counts.reward_calls <= 500
+    assert namespace["chains"].particles["x"].shape == (4, 15, 2)
+    assert all(-0.5 < v <= 0 for v in namespace["best"].values()), namespace["best"]
+    draws = namespace["draws"]
+    assert draws.particles["x"].shape == (64, 2) and draws.counts.denoiser_calls <= 2_000
