@@ -19,7 +19,7 @@ import torch
 from tilted.distributions.gaussian import GaussianPath, path_sigmas
 from tilted.distributions.masked import MaskedDiffusion, draw_categorical
 from tilted.errors import ModelError
-from tilted.inference.budget import Budget, BudgetError
+from tilted.inference.budget import Budget, BudgetError, sized
 from tilted.inference.candidates import expand, take
 from tilted.inference.result import Counts
 from tilted.inference.values import Values
@@ -251,19 +251,8 @@ class NoiseSearch(ChainEngine):
         if T is not None or self.num_particles is None:  # size N
             T = (2 * M if T is None else T) if M > 1 else 0
             per = self.cost(plan, T)
-            fit = math.inf
-            for name in ("denoiser_calls", "reward_calls"):
-                limit = getattr(budget, name)
-                if limit is not None and getattr(per, name) > 0:
-                    fit = min(fit, limit // (R * getattr(per, name)))
-            if fit == math.inf:
-                raise BudgetError(f"a particle costs nothing that the budget {budget.as_dict()} limits")
-            if fit < 1:
-                raise BudgetError(
-                    f"the budget {budget.as_dict()} does not cover one particle of {type(self).__name__} "
-                    f"({per.as_dict()} per particle and run, {R} run(s)); raise the budget"
-                )
-            return int(fit) if self.num_particles is None else min(int(fit), self.num_particles), T
+            fit = sized(budget, per.scaled(R), f"particle of {type(self).__name__}")
+            return fit if self.num_particles is None else min(fit, self.num_particles), T
         N = self.num_particles
         base = self.cost(plan, M if M > 1 else 0)
         total = Counts(denoiser_calls=R * N * base.denoiser_calls, reward_calls=R * N * base.reward_calls)
