@@ -88,6 +88,9 @@ class Result:
         :class:`Counts` of denoiser calls, reward calls and gradient evaluations.
     temperatures
         α of every factor, by name (for diagnostics: the applied log-factor is r/α).
+    sweeps
+        :class:`~tilted.inference.ParticleGibbs` only: its :class:`~tilted.inference.SweepTrace`
+        (per-sweep renewal of each level, retained rewards, autocorrelation); ``None`` otherwise.
     """
 
     particles: dict[str, torch.Tensor]
