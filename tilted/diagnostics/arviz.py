@@ -206,7 +206,9 @@ def to_datatree(
     dt["sample_stats"] = xr.DataTree(stats)
 
     dt["particles"] = xr.DataTree(_particles_dataset(result, log_weights, factors, rname, batched))
-    if result.trace is not None:
+    if result.sweeps is not None:  # particle Gibbs: the chain's records replace the last sweep's SMC trace
+        dt["sweeps"] = xr.DataTree(_sweeps_dataset(result.sweeps, factors, batched))
+    elif result.trace is not None:
         dt["steps"] = xr.DataTree(_steps_dataset(result.trace, factors, batched))
 
     cfg = dict(result.config)
@@ -306,6 +308,27 @@ def _steps_dataset(trace: StepTrace, factors, batched) -> xr.Dataset:
 
 
 # -- files ------------------------------------------------------------------------------------------
+def _sweeps_dataset(sweeps, factors, batched) -> xr.Dataset:
+    """Particle Gibbs' SweepTrace as (chain, sweep, …) arrays; ``burn_in`` as an attribute."""
+
+    def chains_first(t: torch.Tensor) -> np.ndarray:  # (S, …, R) → (R, S, …)
+        a = _np(t.to(torch.float64) if t.dtype != torch.bool else t)
+        a = a if batched else a[..., None]
+        return np.moveaxis(a, -1, 0)
+
+    ds = xr.Dataset(
+        {
+            "renewed": (("chain", "sweep", "level"), chains_first(sweeps.renewed)),
+            "moved": (("chain", "sweep"), chains_first(sweeps.moved)),
+            "reward": (("chain", "sweep", "factor"), chains_first(sweeps.rewards)),
+            "log_evidence": (("chain", "sweep"), chains_first(sweeps.log_evidence)),
+        },
+        coords={"factor": np.array(factors, dtype=object)},
+    )
+    ds.attrs["burn_in"] = int(sweeps.burn_in)
+    return ds
+
+
 def save(data: xr.DataTree | Result, path: str | Path, **to_datatree_kwargs) -> Path:
     """Write a DataTree (or a result, converted with :func:`to_datatree`) to netCDF-4 (h5netcdf)."""
     dt = data if isinstance(data, xr.DataTree) else to_datatree(data, **to_datatree_kwargs)

@@ -34,6 +34,13 @@ verdict on weights or evidence: their particles are not a weighted approximation
     particle descends from one draw of x_K (Andrieu, Doucet & Holenstein 2010; Jacob, Murray &
     Rubenthaler 2015). A low count alone is common after many resampling steps; a single one is a
     collapse.
+``gibbs_mixing``
+    Particle Gibbs only: every level k of the retained path changes in at least 5 % of the
+    conditional sweeps (a level that never renews is stuck: path degeneracy of the reference;
+    Lindsten, Jordan & Schön 2014), and each chain's sweeps after burn-in hold at least 5
+    effectively independent draws of the reward, S/τ with τ the integrated autocorrelation time
+    (:meth:`~tilted.inference.SweepTrace.integrated_time`). The other per-step checks do not apply
+    to a chain (its result keeps no per-step trace in the DataTree).
 ``intermediate_potential``
     Whether the intermediate potentials ψ_k (r(x̂_0(x_k))/α and its gradient) deserved trust; three
     signs of a potential that misleads, typically a learned denoiser's x̂_0 at high noise, where an
@@ -57,6 +64,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 import xarray as xr
 
 from tilted.inference.result import Result
@@ -337,6 +345,44 @@ def check_intermediate_potential(
     return Verdict(name, early_ess, min_early_ess_fraction * N, False, msg, rule)
 
 
+def check_gibbs_mixing(dt: xr.DataTree, min_renewal: float = 0.05, min_draws: float = 5.0) -> Verdict:
+    """Particle Gibbs: every level of the retained path renews, and the chain holds enough independent draws."""
+    from tilted.inference.gibbs import SweepTrace
+
+    name = "gibbs_mixing"
+    rule = (
+        f"every level renewed in ≥ {min_renewal:.0%} of sweeps, and (sweeps after burn-in)/τ ≥ {min_draws:g} per chain"
+    )
+    if "sweeps" not in dt.children:
+        return Verdict(name, None, None, None, "not a particle Gibbs chain", rule)
+    sw = dt["sweeps"]
+    R = sw.sizes["chain"]
+    trace = SweepTrace(
+        renewed=torch.as_tensor(np.moveaxis(sw["renewed"].values, 0, -1)),
+        moved=torch.as_tensor(np.moveaxis(sw["moved"].values, 0, -1)),
+        rewards=torch.as_tensor(np.moveaxis(sw["reward"].values, 0, -1)),
+        log_evidence=torch.as_tensor(np.moveaxis(sw["log_evidence"].values, 0, -1)),
+        burn_in=int(sw.attrs.get("burn_in", 0)),
+    )
+    S = trace.renewed.shape[0] - trace.burn_in
+    if trace.renewed.shape[0] < 2 or S < 2 or trace.rewards.shape[1] == 0:
+        return Verdict(name, None, min_renewal, None, "fewer than 2 sweeps after burn-in: nothing to judge", rule)
+    rate = trace.renewal_rate.numpy()  # (K + 1, R)
+    worst_rate = float(rate.min())
+    level, run = np.unravel_index(int(rate.argmin()), rate.shape)
+    draws = S / trace.integrated_time().numpy()  # (R,)
+    worst_draws = float(draws.min())
+    passed = bool(worst_rate >= min_renewal and worst_draws >= min_draws)
+    where = f" (chain {run})" if R > 1 else ""
+    msg = (
+        f"least renewed level k = {level}: {worst_rate:.0%} of sweeps{where}; "
+        f"{worst_draws:.1f} effectively independent draws of the reward in {S} sweeps"
+    )
+    if not passed:
+        msg += ": the chain is stuck or too short — raise N, keep ancestor_sampling=True, or run more sweeps"
+    return Verdict(name, worst_rate, min_renewal, passed, msg, rule)
+
+
 def _weighted_mean_se(values: np.ndarray, log_w: np.ndarray) -> tuple[float, float]:
     """Mean over runs of the self-normalised weighted means, and its s.e. (weighted sd/√ΣESS)."""
     w = np.exp(log_w - log_w.max(-1, keepdims=True))
@@ -416,6 +462,7 @@ def diagnose(
             check_log_evidence_variance(dt, max_log_evidence_variance),
             check_distinct_ancestors(dt, min_ancestors),
             check_intermediate_potential(dt),
+            check_gibbs_mixing(dt),
             *check_rewards(dt),
         ]
     )
