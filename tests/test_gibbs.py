@@ -257,3 +257,17 @@ def test_diagnostics_judge_the_chain(tmp_path):
     assert diagnose(SMC(model, 16).run(seed=0)).get("gibbs_mixing").passed is None
     write_report(long, tmp_path / "pg.html")
     assert "gibbs_mixing" in (tmp_path / "pg.html").read_text()
+
+
+def test_joined_seeds_keep_every_chain_s_sweeps():
+    """tilted run with several seeds joins results as runs: the sweeps join along the chain dimension too."""
+    from tilted.diagnostics import diagnose
+    from tilted.diagnostics.spec import concat_results
+
+    _, model, _, _ = problem()
+    parts = [ParticleGibbs(model, 4, 30, burn_in=3, keep_paths=True).run(seed=s) for s in (0, 1)]
+    joined = concat_results(parts)
+    assert joined.particles["x"].shape == (2, 27, 2) and joined.sweeps.renewed.shape == (30, 9, 2)
+    assert torch.equal(joined.sweeps.rewards[..., 1], parts[1].sweeps.rewards)
+    assert joined.sweeps.paths.shape == (30, 9, 2, 2)
+    assert diagnose(joined).get("gibbs_mixing").passed is not None

@@ -264,6 +264,22 @@ def concat_results(results: list[Result]) -> Result:
                 for f in fields(StepTrace)
             }
         )
+    sweeps = None
+    if all(r.sweeps is not None for r in results):  # particle Gibbs: the chains' records, run dimension joined
+
+        def joined(name: str, dim: int):
+            values = [getattr(r.sweeps, name) for r in results]
+            if any(v is None for v in values):
+                return None
+            return torch.cat([v if r.batched else v.unsqueeze(dim) for v, r in zip(values, results, strict=True)], dim)
+
+        sweeps = replace(
+            first.sweeps,
+            **{
+                name: joined(name, dim)
+                for name, dim in (("renewed", 2), ("moved", 1), ("rewards", 2), ("log_evidence", 1), ("paths", 2))
+            },
+        )
     counts = Counts(**{k: sum(getattr(r.counts, k) for r in results) for k in Counts().as_dict()})
     config = dict(first.config)
     config["num_runs"] = sum(r.log_weights.shape[0] if r.batched else 1 for r in results)
@@ -276,4 +292,5 @@ def concat_results(results: list[Result]) -> Result:
         trace=trace,
         counts=counts,
         config=config,
+        sweeps=sweeps,
     )
