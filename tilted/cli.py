@@ -1,4 +1,5 @@
-"""Command line: ``tilted demo [digits]``, ``tilted run SPEC --out RESULT.nc``, ``tilted report RESULT.nc --out report.html``."""
+"""Command line: ``tilted demo [digits]``, ``tilted run SPEC --out RESULT.nc``, ``tilted batch SPEC --out DIR``,
+``tilted report RESULT.nc --out report.html``."""
 
 from __future__ import annotations
 
@@ -39,6 +40,18 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--draws", type=int, default=None, help="posterior draws per run (default: the particles)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    batch = sub.add_parser(
+        "batch",
+        help="run every task of a batch specification, saving each result as it finishes; rerun to resume",
+        description="Run the tasks of SPEC (the TOML of `tilted run` plus [[tasks]] and/or [sweep]; see "
+        "docs/batch.md) one by one in this process, writing DIR/<id>.nc atomically and DIR/manifest.json after "
+        "each task. Running the same command again runs only what is missing or failed.",
+    )
+    batch.add_argument("spec", help="batch.toml")
+    batch.add_argument("--out", required=True, help="the folder of results and manifest.json")
+    batch.add_argument("--retries", type=int, default=0, help="retries of a failing task before it is recorded failed")
+    batch.add_argument("--no-progress", action="store_true", help="no progress bar")
+
     report = sub.add_parser("report", help="write a self-contained HTML report of a saved result")
     report.add_argument("result", help="a netCDF file written by `tilted run`")
     report.add_argument("--out", required=True, help="the HTML file to write (e.g. report.html)")
@@ -56,14 +69,16 @@ def main(argv: list[str] | None = None) -> int:
             run_demo(out=args.out, seed=args.seed)
     elif args.command == "run":
         return _run(args)
+    elif args.command == "batch":
+        return _batch(args)
     elif args.command == "report":
         return _report(args)
     return 0
 
 
 def _run(args) -> int:
-    from tilted.diagnostics.arviz import save, to_datatree
-    from tilted.diagnostics.spec import SpecError, load_spec, run_spec
+    from tilted.diagnostics.arviz import save
+    from tilted.diagnostics.spec import SpecError, load_spec, run_to_datatree
     from tilted.diagnostics.verdicts import diagnose
 
     try:
@@ -73,26 +88,47 @@ def _run(args) -> int:
         return 2
     if args.seed is not None:
         spec.seeds = [args.seed]
-    progress = False if args.no_progress else True
-    result = run_spec(spec, progress=progress)
-    baseline, baseline_seed = None, None
-    size = spec.baseline if args.baseline is None else args.baseline
-    if result.config.get("engine") != "Importance" and (size is None or size > 0):
-        from tilted.inference import Importance
-
-        size = size or result.num_particles
-        baseline_seed = (spec.seeds[0] or 0) + 1_000_003
-        engine = Importance(getattr(spec.engine, "model", spec.model), size, progress=progress)
-        baseline = engine.run(*spec.args, seed=baseline_seed, **spec.kwargs)
-    metadata = {"spec": spec.text, "spec_path": spec.source, "command": " ".join(["tilted", *sys.argv[1:]])}
-    if baseline_seed is not None:
-        metadata["baseline_seed"] = baseline_seed
-    dt = to_datatree(result, num_draws=args.draws, baseline=baseline, metadata=metadata)
+    command = {"command": " ".join(["tilted", *sys.argv[1:]])}
+    dt = run_to_datatree(
+        spec, draws=args.draws, baseline=args.baseline, progress=not args.no_progress, metadata=command
+    )
     path = save(dt, args.out)
-    diagnosis = diagnose(dt)
-    print(diagnosis)
+    print(diagnose(dt))
     print(f"\nresult: {path}  (tilted report {path} --out report.html)")
     return 0
+
+
+def _batch(args) -> int:
+    import signal
+
+    from tilted.batch import BatchError, Store, load_batch, run_local
+    from tilted.diagnostics.spec import SpecError
+
+    def stop(signum, frame):  # SIGTERM (a scheduler's kill) stops like Ctrl-C: no partial file is left
+        raise KeyboardInterrupt
+
+    try:
+        tasks = load_batch(args.spec)
+        store = Store(args.out)
+        if args.retries < 0:
+            raise BatchError(f"--retries must be ≥ 0, got {args.retries}")
+        previous = signal.signal(signal.SIGTERM, stop)
+        try:
+            summary = run_local(tasks, store, retries=args.retries, progress=not args.no_progress)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+    except (SpecError, BatchError) as exc:
+        print(f"tilted batch: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            f"tilted batch: interrupted; finished tasks are in {args.out} (run the same command to resume)",
+            file=sys.stderr,
+        )
+        return 130
+    print(summary)
+    print(f"\nresults: {args.out}/  (manifest.json lists every task)")
+    return 1 if summary.failed else 0
 
 
 def _report(args) -> int:

@@ -47,7 +47,7 @@ import torch
 
 from tilted.inference.result import Counts, Result, StepTrace
 
-__all__ = ["Spec", "concat_results", "load_spec", "run_spec"]
+__all__ = ["Spec", "concat_results", "load_spec", "run_spec", "run_to_datatree", "spec_from_table"]
 
 
 @dataclass
@@ -166,6 +166,26 @@ def _seeds(ns: dict) -> list[int | None]:
     return [ns.get("seed")]
 
 
+def spec_from_table(table: dict, folder: Path | None, source: str = "", text: str = "") -> Spec:
+    """A TOML specification's table (module docstring) → a :class:`Spec`: the factory called, the engine built."""
+    for key in ("model", "engine"):
+        if key not in table:
+            raise SpecError(f"{source or 'spec'}: missing {key!r} (model = 'module:function', engine = 'SMC', ...)")
+    factory = _resolve(table["model"], folder, "model")
+    model = factory(**table.get("model_options", {}))
+    engine = _engine_factory(table["engine"], folder)(model, **_engine_options(table.get("engine_options", {})))
+    return Spec(
+        model=model,
+        engine=engine,
+        seeds=_seeds(table),
+        args=tuple(table.get("args", ())),
+        kwargs=dict(table.get("kwargs", {})),
+        baseline=table.get("baseline"),
+        source=source,
+        text=text,
+    )
+
+
 def load_spec(ref: str | Path) -> Spec:
     """Load a ``.toml`` file, a ``.py`` file or an importable module name (see the module docstring)."""
     path = Path(ref)
@@ -177,23 +197,7 @@ def load_spec(ref: str | Path) -> Spec:
             table = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise SpecError(f"{path}: {exc}") from exc
-        for key in ("model", "engine"):
-            if key not in table:
-                raise SpecError(f"{path}: missing {key!r} (model = 'module:function', engine = 'SMC', ...)")
-        folder = path.parent.resolve()
-        factory = _resolve(table["model"], folder, "model")
-        model = factory(**table.get("model_options", {}))
-        engine = _engine_factory(table["engine"], folder)(model, **_engine_options(table.get("engine_options", {})))
-        return Spec(
-            model=model,
-            engine=engine,
-            seeds=_seeds(table),
-            args=tuple(table.get("args", ())),
-            kwargs=dict(table.get("kwargs", {})),
-            baseline=table.get("baseline"),
-            source=str(path),
-            text=text,
-        )
+        return spec_from_table(table, path.parent.resolve(), str(path), text)
     if path.suffix == ".py" or path.exists():
         if not path.exists():
             raise SpecError(f"no such specification file: {path}")
@@ -237,6 +241,30 @@ def run_spec(spec: Spec, *, progress: bool | None = True) -> Result:
     out = concat_results(results)
     out.config["seeds"] = list(spec.seeds)
     return out
+
+
+def run_to_datatree(spec: Spec, *, draws: int | None = None, baseline: int | None = None, progress=True, metadata=None):
+    """What ``tilted run`` saves: the result as a DataTree with a pretrained baseline for the report.
+
+    ``baseline`` pretrained draws (default: the spec's, else as many as the engine's particles; 0: none;
+    importance sampling is its own baseline), drawn with a seed derived from the first seed.
+    """
+    from tilted.diagnostics.arviz import to_datatree
+
+    result = run_spec(spec, progress=progress)
+    prior, prior_seed = None, None
+    size = spec.baseline if baseline is None else baseline
+    if result.config.get("engine") != "Importance" and (size is None or size > 0):
+        from tilted.inference import Importance
+
+        size = size or result.num_particles
+        prior_seed = (spec.seeds[0] or 0) + 1_000_003
+        engine = Importance(getattr(spec.engine, "model", spec.model), size, progress=progress)
+        prior = engine.run(*spec.args, seed=prior_seed, **spec.kwargs)
+    meta = {"spec": spec.text, "spec_path": spec.source, **(metadata or {})}
+    if prior_seed is not None:
+        meta["baseline_seed"] = prior_seed
+    return to_datatree(result, num_draws=draws, baseline=prior, metadata=meta)
 
 
 def concat_results(results: list[Result]) -> Result:
