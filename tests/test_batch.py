@@ -200,3 +200,30 @@ def test_the_documented_specification_expands_as_described():
     assert tasks[0].table["engine_options"] == {"num_particles": 256, "proposal": "gradient"}
     assert {t.table["model_options"]["num_steps"] for t in tasks[1:]} == {20, 50}
     assert all(t.id.startswith("t-") for t in tasks[1:])
+
+
+def test_batch_report_has_a_row_per_task_and_is_self_contained(tmp_path, capsys):
+    spec = write(
+        tmp_path,
+        BASE
+        + """
+[sweep]
+seed = [0]
+engine_options = { proposal = ["prior", "gradient"] }
+[[tasks]]
+id = "broken"
+engine_options = { num_particles = 0 }
+""",
+    )
+    out = tmp_path / "out"
+    assert main(["batch", str(spec), "--out", str(out), "--no-progress"]) == 1
+    assert main(["report", str(out), "--out", str(tmp_path / "batch.html")]) == 0
+    page = (tmp_path / "batch.html").read_text()
+    manifest = json.loads((out / "manifest.json").read_text())["tasks"]
+    for tid in manifest:
+        assert f"<code>{tid}</code>" in page
+    assert "engine.proposal" in page and "&quot;gradient&quot;" in page  # the option that varies has a column
+    assert "num_particles must be a positive integer" in page and "3 tasks: 2 done, 1 failed" in page
+    assert page.count("<details") == 2 and "http" not in page
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "x.html")]) == 2
+    assert "not a folder written by `tilted batch`" in capsys.readouterr().err

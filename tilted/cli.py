@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     batch.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     report = sub.add_parser("report", help="write a self-contained HTML report of a saved result")
-    report.add_argument("result", help="a netCDF file written by `tilted run`")
+    report.add_argument("result", help="a netCDF file written by `tilted run`, or a folder written by `tilted batch`")
     report.add_argument("--out", required=True, help="the HTML file to write (e.g. report.html)")
     report.add_argument("--strict", action="store_true", help="exit with status 1 when a diagnostic fails")
 
@@ -132,6 +132,19 @@ def _batch(args) -> int:
 
 
 def _report(args) -> int:
+    from pathlib import Path
+
+    if Path(args.result).is_dir():  # a batch folder: one page over its tasks
+        from tilted.batch.report import write_batch_report
+        from tilted.batch.store import BatchError
+
+        try:
+            path = write_batch_report(args.result, args.out)
+        except BatchError as exc:
+            print(f"tilted report: {exc}", file=sys.stderr)
+            return 2
+        print(f"report: {path}")
+        return 0
     from tilted.diagnostics.arviz import load
     from tilted.diagnostics.report import write_report
     from tilted.diagnostics.verdicts import diagnose
