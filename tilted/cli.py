@@ -44,11 +44,22 @@ def main(argv: list[str] | None = None) -> int:
         "batch",
         help="run every task of a batch specification, saving each result as it finishes; rerun to resume",
         description="Run the tasks of SPEC (the TOML of `tilted run` plus [[tasks]] and/or [sweep]; see "
-        "docs/batch.md) one by one in this process, writing DIR/<id>.nc atomically and DIR/manifest.json after "
-        "each task. Running the same command again runs only what is missing or failed.",
+        "docs/batch.md) in this process or on Ray workers, writing DIR/<id>.nc atomically and DIR/manifest.json "
+        "after each task. Running the same command again runs only what is missing or failed.",
     )
     batch.add_argument("spec", help="batch.toml")
     batch.add_argument("--out", required=True, help="the folder of results and manifest.json")
+    batch.add_argument(
+        "--backend",
+        choices=["local", "ray"],
+        default="local",
+        help="local: one task at a time in this process; "
+        "ray: one actor per worker on a Ray cluster (pip install 'tilted[ray]')",
+    )
+    batch.add_argument("--address", default=None, help="Ray: join this cluster (default: start a local one)")
+    batch.add_argument(
+        "--workers", type=int, default=None, help="Ray: number of workers (default: as many as the cluster holds)"
+    )
     batch.add_argument("--retries", type=int, default=0, help="retries of a failing task before it is recorded failed")
     batch.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -101,20 +112,28 @@ def _run(args) -> int:
 def _batch(args) -> int:
     import signal
 
-    from tilted.batch import BatchError, Store, load_batch, run_local
+    from tilted.batch import BatchError, Store, read_batch, run_local, run_ray
     from tilted.diagnostics.spec import SpecError
 
     def stop(signum, frame):  # SIGTERM (a scheduler's kill) stops like Ctrl-C: no partial file is left
         raise KeyboardInterrupt
 
     try:
-        tasks = load_batch(args.spec)
-        store = Store(args.out)
+        tasks, workers = read_batch(args.spec)
         if args.retries < 0:
             raise BatchError(f"--retries must be ≥ 0, got {args.retries}")
+        if args.backend == "local" and (args.address or args.workers):
+            raise BatchError("--address and --workers are options of --backend ray")
+        store = Store(args.out)
         previous = signal.signal(signal.SIGTERM, stop)
         try:
-            summary = run_local(tasks, store, retries=args.retries, progress=not args.no_progress)
+            options = {"retries": args.retries, "progress": not args.no_progress}
+            if args.backend == "ray":
+                summary = run_ray(
+                    tasks, store, **options, address=args.address, workers=args.workers, resources=workers
+                )
+            else:
+                summary = run_local(tasks, store, **options)
         finally:
             signal.signal(signal.SIGTERM, previous)
     except (SpecError, BatchError) as exc:

@@ -2,11 +2,26 @@
 
 :mod:`tilted.batch.tasks` reads the specification and expands it into tasks with stable ids,
 :mod:`tilted.batch.store` keeps one atomically written result per task and the manifest, and
-:mod:`tilted.batch.local` runs what is pending. ``tilted batch SPEC --out DIR`` composes them.
+:mod:`tilted.batch.local` runs what is pending in this process, :mod:`tilted.batch.cluster` on Ray
+workers. ``tilted batch SPEC --out DIR [--backend ray]`` composes them.
 """
 
+from tilted.batch.cluster import run_ray
 from tilted.batch.local import Summary, run_local, run_task
 from tilted.batch.store import BatchError, Store
-from tilted.batch.tasks import Task, expand, load_batch, task_id
+from tilted.batch.tasks import Task, Workers, expand, load_batch, read_batch, task_id
 
-__all__ = ["BatchError", "Store", "Summary", "Task", "expand", "load_batch", "run_local", "run_task", "task_id"]
+__all__ = [
+    "BatchError",
+    "Store",
+    "Summary",
+    "Task",
+    "Workers",
+    "expand",
+    "load_batch",
+    "read_batch",
+    "run_local",
+    "run_ray",
+    "run_task",
+    "task_id",
+]

@@ -2,14 +2,17 @@
 
 Each task runs exactly as ``tilted run`` runs its specification (:func:`tilted.diagnostics.spec.run_to_datatree`:
 the same engine, seed and baseline), so a task's saved log Ẑ and particles equal a plain ``tilted run``
-of the same contents bit for bit. A task that raises is retried up to ``retries`` times, then recorded
-as failed with its error, and the batch goes on. ``KeyboardInterrupt`` (Ctrl-C, and SIGTERM under
-``tilted batch``) stops the batch at once: the task in flight leaves no file, the manifest lists every
-finished one, and running the same command again runs what is left.
+of the same contents bit for bit. The model of a task is built once and kept for the following tasks
+of the same model (tasks run grouped by model); the engine, which holds all run state, is built per
+task. A task that raises is retried up to ``retries`` times, then recorded as failed with its error,
+and the batch goes on. ``KeyboardInterrupt`` (Ctrl-C, and SIGTERM under ``tilted batch``) stops the
+batch at once: the task in flight leaves no file, the manifest lists every finished one, and running
+the same command again runs what is left.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -35,38 +38,83 @@ class Summary:
         return text
 
 
-def run_task(task: Task):
-    """One task → (its DataTree, log Ẑ averaged over runs): what ``tilted run`` would save for it."""
+class Ledger:
+    """A batch's bookkeeping, whatever runs the tasks: the pending tasks (grouped by model), the manifest
+    entries of finished ones, the summary, and one bar over tasks (done / failed / running, ETA)."""
+
+    def __init__(self, tasks: list[Task], store: Store, progress: bool | None = True):
+        store.check(tasks)
+        pending = store.pending(tasks)
+        self.store = store
+        self.pending = sorted(pending, key=lambda t: json.dumps([t.table["model"], t.table.get("model_options", {})]))
+        self.summary = Summary(skipped=[t.id for t in tasks if t not in pending])
+        self.running: set[str] = set()
+        self.bar = tqdm(
+            total=len(tasks), initial=len(self.summary.skipped), desc="tasks", unit="task", disable=progress is False
+        )
+        self._show()
+
+    def _show(self) -> None:
+        done = len(self.summary.done) + len(self.summary.skipped)
+        self.bar.set_postfix(done=done, failed=len(self.summary.failed), running=len(self.running), refresh=True)
+
+    def started(self, task: Task) -> None:
+        self.running.add(task.id)
+        self._show()
+
+    def done(self, task: Task, log_evidence: float | None, attempts: int, seconds: float) -> None:
+        self.store.record(task, "done", log_evidence=log_evidence, attempts=attempts, seconds=seconds)
+        self.summary.done.append(task.id)
+        self._finish(task)
+
+    def failed(self, task: Task, error: str, attempts: int, seconds: float) -> None:
+        self.store.record(task, "failed", error=error, attempts=attempts, seconds=seconds)
+        self.summary.failed[task.id] = error
+        self._finish(task)
+
+    def _finish(self, task: Task) -> None:
+        self.running.discard(task.id)
+        self.bar.update(1)
+        self._show()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def run_task(task: Task, models: dict | None = None):
+    """One task → (its DataTree, log Ẑ averaged over runs): what ``tilted run`` would save for it.
+
+    ``models`` caches the task's model for later tasks of the same model (:func:`spec_from_table`)."""
     from tilted.diagnostics.spec import run_to_datatree
 
-    dt = run_to_datatree(task.spec(), progress=False, metadata={"task": task.id})
+    dt = run_to_datatree(task.spec(models), progress=False, metadata={"task": task.id})
     log_z = dt["sample_stats"]["log_marginal_likelihood"].values
     return dt, float(log_z.mean()) if log_z.size and not math.isnan(float(log_z.mean())) else None
 
 
 def run_local(tasks: list[Task], store: Store, retries: int = 0, progress: bool | None = True) -> Summary:
-    """Run every pending task of ``tasks`` in order, saving each as soon as it finishes."""
-    store.check(tasks)
-    pending = store.pending(tasks)
-    summary = Summary(skipped=[t.id for t in tasks if t not in pending])
-    bar = tqdm(total=len(tasks), initial=len(summary.skipped), desc="tasks", unit="task", disable=progress is False)
-    for task in pending:
-        bar.set_postfix(done=len(summary.done) + len(summary.skipped), failed=len(summary.failed), running=task.id)
-        start, error = time.perf_counter(), None
-        for attempt in range(1, retries + 2):
-            try:
-                dt, log_z = run_task(task)
-                store.save(task, dt)
-            except Exception as exc:  # noqa: BLE001 - a failing task is a result; the others go on
-                error = f"{type(exc).__name__}: {exc}"
-                continue
-            store.record(task, "done", log_evidence=log_z, attempts=attempt, seconds=time.perf_counter() - start)
-            summary.done.append(task.id)
-            error = None
-            break
-        if error is not None:
-            store.record(task, "failed", error=error, attempts=retries + 1, seconds=time.perf_counter() - start)
-            summary.failed[task.id] = error
-        bar.update(1)
-    bar.close()
-    return summary
+    """Run every pending task of ``tasks`` in this process, saving each as soon as it finishes."""
+    ledger, models = Ledger(tasks, store, progress), {}
+    try:
+        for task in ledger.pending:
+            ledger.started(task)
+            start, error = time.perf_counter(), None
+            for attempt in range(1, retries + 2):
+                try:
+                    dt, log_z = run_task(task, models)
+                    store.save(task, dt)
+                except Exception as exc:  # noqa: BLE001 - a failing task is a result; the others go on
+                    error = describe(exc)
+                    continue
+                ledger.done(task, log_z, attempt, time.perf_counter() - start)
+                error = None
+                break
+            if error is not None:
+                ledger.failed(task, error, retries + 1, time.perf_counter() - start)
+    finally:
+        ledger.close()
+    return ledger.summary

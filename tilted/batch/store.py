@@ -82,7 +82,10 @@ class Store:
         text = json.dumps({"tasks": self.entries}, indent=1, sort_keys=True, default=str)
         atomic_write(self.folder / MANIFEST, lambda p: p.write_text(text))
 
-    def save(self, task: Task, datatree) -> Path:
+    def save(self, task: Task, result) -> Path:
+        """Write a task's result (a DataTree, or the bytes of its netCDF file from a worker) atomically."""
         from tilted.diagnostics.arviz import NETCDF_ENGINE
 
-        return atomic_write(self.file(task), lambda p: datatree.to_netcdf(p, engine=NETCDF_ENGINE))
+        if isinstance(result, bytes):
+            return atomic_write(self.file(task), lambda p: p.write_bytes(result))
+        return atomic_write(self.file(task), lambda p: result.to_netcdf(p, engine=NETCDF_ENGINE))

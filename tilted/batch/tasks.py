@@ -24,7 +24,9 @@ A task's result depends only on its *contents* — the model and engine names, t
 default id is a hash of them (``t-`` + 12 hex digits of SHA-1 over their canonical JSON): the same
 task gets the same id in every expansion and on every machine, and changing any option changes it.
 A task given an explicit ``id`` keeps it; running it again with other contents is an error
-(:mod:`tilted.batch.store`). Without ``[[tasks]]`` or ``[sweep]`` the file is one task.
+(:mod:`tilted.batch.store`). Without ``[[tasks]]`` or ``[sweep]`` the file is one task (one per
+``seeds``). A ``[workers]`` table (``num_cpus``, ``num_gpus``, ``resources``) says what each worker of
+the Ray backend reserves; it is not part of any task's contents.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import hashlib
 import itertools
 import json
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tilted.diagnostics.spec import Spec, SpecError, spec_from_table
@@ -58,10 +60,10 @@ class Task:
     def seed(self) -> int | None:
         return self.table.get("seed")
 
-    def spec(self) -> Spec:
-        """The task as a ``tilted run`` specification (its factory called, its engine built)."""
+    def spec(self, models: dict | None = None) -> Spec:
+        """The task as a ``tilted run`` specification (its factory called, or its model taken from ``models``)."""
         text = json.dumps(self.contents, indent=1, sort_keys=True)
-        return spec_from_table(self.table, self.folder, source=f"task {self.id}", text=text)
+        return spec_from_table(self.table, self.folder, source=f"task {self.id}", text=text, models=models)
 
 
 def canonical(contents: dict) -> str:
@@ -77,7 +79,7 @@ def _merged(base: dict, task: dict, where: str) -> dict:
     unknown = set(task) - {"id", "seed", "model_options", "engine_options", "args", "kwargs", "baseline"}
     if unknown:
         raise SpecError(f"{where}: unknown task keys {sorted(unknown)} (id, seed, model_options, engine_options, ...)")
-    table = {k: v for k, v in base.items() if k not in ("tasks", "sweep", "seeds")}
+    table = {k: v for k, v in base.items() if k not in ("tasks", "sweep", "seeds", "workers")}
     for key in ("model_options", "engine_options", "kwargs"):
         if key in task:
             if not isinstance(task[key], dict):
@@ -139,8 +141,41 @@ def expand(table: dict, folder: Path | None = None, where: str = "spec") -> list
     return tasks
 
 
+@dataclass(frozen=True)
+class Workers:
+    """What each worker of the Ray backend reserves (the ``[workers]`` table): CPUs, GPUs, custom resources.
+
+    A worker is one Ray actor that keeps its model loaded across tasks; ``num_gpus = 1`` gives each its
+    own GPU (Ray sets ``CUDA_VISIBLE_DEVICES``), so a model put on ``"cuda"`` stays there.
+    """
+
+    num_cpus: float = 1
+    num_gpus: float = 0
+    resources: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_table(cls, table: dict, where: str = "spec") -> Workers:
+        value = table.get("workers", {})
+        if not isinstance(value, dict) or set(value) - {"num_cpus", "num_gpus", "resources"}:
+            raise SpecError(f"{where}: [workers] takes num_cpus, num_gpus and resources (a table), got {value!r}")
+        workers = cls(**value)
+        if workers.num_cpus < 0 or workers.num_gpus < 0 or not isinstance(workers.resources, dict):
+            raise SpecError(f"{where}: [workers] needs num_cpus ≥ 0, num_gpus ≥ 0, resources a table; got {value!r}")
+        return workers
+
+
+def read_batch(path: str | Path) -> tuple[list[Task], Workers]:
+    """A batch TOML file → its tasks and its workers' resources (module docstring)."""
+    table, where = _read(path)
+    return expand(table, Path(path).parent.resolve(), where), Workers.from_table(table, where)
+
+
 def load_batch(path: str | Path) -> list[Task]:
     """Read a batch TOML file into its tasks (module docstring)."""
+    return read_batch(path)[0]
+
+
+def _read(path: str | Path) -> tuple[dict, str]:
     path = Path(path)
     if path.suffix != ".toml":
         raise SpecError(f"a batch specification is a .toml file, got {path}")
@@ -153,4 +188,4 @@ def load_batch(path: str | Path) -> list[Task]:
     for key in ("model", "engine"):
         if key not in table:
             raise SpecError(f"{path}: missing {key!r} (model = 'module:function', engine = 'SMC', ...)")
-    return expand(table, path.parent.resolve(), str(path))
+    return table, str(path)

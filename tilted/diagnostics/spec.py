@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import sys
 import tomllib
 from collections.abc import Callable
@@ -166,13 +167,27 @@ def _seeds(ns: dict) -> list[int | None]:
     return [ns.get("seed")]
 
 
-def spec_from_table(table: dict, folder: Path | None, source: str = "", text: str = "") -> Spec:
-    """A TOML specification's table (module docstring) → a :class:`Spec`: the factory called, the engine built."""
+def spec_from_table(
+    table: dict, folder: Path | None, source: str = "", text: str = "", models: dict | None = None
+) -> Spec:
+    """A TOML specification's table (module docstring) → a :class:`Spec`: the factory called, the engine built.
+
+    ``models``, a dict kept by the caller, caches the factory's model per (factory, ``model_options``):
+    a batch worker builds each model once and runs every task of that model on it (the engine, which
+    holds all run state, is built afresh per task).
+    """
     for key in ("model", "engine"):
         if key not in table:
             raise SpecError(f"{source or 'spec'}: missing {key!r} (model = 'module:function', engine = 'SMC', ...)")
-    factory = _resolve(table["model"], folder, "model")
-    model = factory(**table.get("model_options", {}))
+    options = table.get("model_options", {})
+    key = json.dumps([table["model"], str(folder), options], sort_keys=True, default=str)
+    if models is not None and key in models:
+        model = models[key]
+    else:
+        model = _resolve(table["model"], folder, "model")(**options)
+        if models is not None:
+            models.clear()  # one model per worker at a time: memory stays that of one model
+            models[key] = model
     engine = _engine_factory(table["engine"], folder)(model, **_engine_options(table.get("engine_options", {})))
     return Spec(
         model=model,
