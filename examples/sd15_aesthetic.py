@@ -29,6 +29,7 @@ pretrained baseline; see docs/pipelines.md for time and memory. Missing weights 
 from __future__ import annotations
 
 import argparse
+import functools
 import re
 from pathlib import Path
 
@@ -76,26 +77,50 @@ def save_images(prior, latents: torch.Tensor, folder: Path, stem: str) -> None:
         Image.fromarray(img).save(folder / f"{stem}_{i:02d}.png")
 
 
-def main(argv=None) -> tilted.inference.Result:
-    args = parse(argv)
+@functools.lru_cache(maxsize=1)
+def networks(model: str, clip: str, head: str, device: str, dtype: str | None):
+    """The SD pipeline and the aesthetic reward, loaded once per process (a batch worker keeps them)."""
     from diffusers import StableDiffusionPipeline
 
-    dtype = getattr(torch, args.dtype or ("float16" if str(args.device).startswith("cuda") else "float32"))
+    dtype = getattr(torch, dtype or ("float16" if str(device).startswith("cuda") else "float32"))
     pipe = from_pretrained(
-        StableDiffusionPipeline, args.model, what="Stable Diffusion 1.5", default_id=SD15,
+        StableDiffusionPipeline, model, what="Stable Diffusion 1.5", default_id=SD15,
         usage="python examples/sd15_aesthetic.py --model {folder}",
         dtype=dtype, safety_checker=None, requires_safety_checker=False,
-    ).to(args.device)  # fmt: skip
+    ).to(device)  # fmt: skip
+    return pipe, LAIONAesthetic.from_pretrained(clip, head=head, device=device, dtype=dtype)
+
+
+def tilted_model(prompts, *, model=SD15, clip="openai/clip-vit-large-patch14", head="sac+logos+ava1-l14-linearMSE.pth",
+                 temperature=0.005, guidance=5.0, steps=100, eta=1.0, device="cuda", dtype=None,
+                 gradient_checkpointing=False):  # fmt: skip
+    """The Pyro model of p_tar(z | c) for each prompt c (one group per prompt), and its SD prior."""
+    pipe, aesthetic = networks(model, clip, head, device, dtype)
     prior = from_pipeline(
-        pipe, args.prompts, guidance_scale=args.guidance, num_steps=args.steps, eta=args.eta,
+        pipe, list(prompts), guidance_scale=guidance, num_steps=steps, eta=eta,
+        gradient_checkpointing=gradient_checkpointing,
+    )  # fmt: skip
+
+    def tilted_sd():
+        z = pyro.sample("z", prior)
+        tilted.factor("aesthetic", aesthetic.after(prior.decode), z, temperature=temperature)
+
+    return tilted_sd, prior
+
+
+def batch_model(prompt: str, **options):
+    """A ``tilted batch`` model factory: one prompt per task, the networks loaded once per worker
+    (``model = "examples/sd15_aesthetic.py:batch_model"``, options as :func:`tilted_model`; docs/batch.md)."""
+    return tilted_model([prompt], **options)[0]
+
+
+def main(argv=None) -> tilted.inference.Result:
+    args = parse(argv)
+    model, prior = tilted_model(
+        args.prompts, model=args.model, clip=args.clip, head=args.head, temperature=args.temperature,
+        guidance=args.guidance, steps=args.steps, eta=args.eta, device=args.device, dtype=args.dtype,
         gradient_checkpointing=args.gradient_checkpointing,
     )  # fmt: skip
-    aesthetic = LAIONAesthetic.from_pretrained(args.clip, head=args.head, device=args.device, dtype=dtype)
-
-    def model():
-        z = pyro.sample("z", prior)
-        tilted.factor("aesthetic", aesthetic.after(prior.decode), z, temperature=args.temperature)
-
     N = args.particles
     result = das(model, N, num_steps=args.steps, batch_size=args.batch_size).run(seed=args.seed)
     pretrained = Importance(model, N, batch_size=args.batch_size).run(seed=args.seed + 1)  # rewards before

@@ -194,7 +194,7 @@ def test_the_documented_specification_expands_as_described():
     import tomllib
 
     text = Path(__file__).resolve().parents[1].joinpath("docs/batch.md").read_text()
-    (block,) = re.findall(r"```toml\n(.*?)```", text, flags=re.S)
+    block = re.findall(r"```toml\n(.*?)```", text, flags=re.S)[0]
     tasks = expand(tomllib.loads(block))
     assert len(tasks) == 13 and tasks[0].id == "gradient"
     assert tasks[0].table["engine_options"] == {"num_particles": 256, "proposal": "gradient"}

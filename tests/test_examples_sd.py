@@ -131,3 +131,35 @@ def test_the_sd_cost_benchmark_builds_sd3_and_flux_through_the_flow_path(tmp_pat
     text = out.read_text()
     assert f"## {sd_cost.MODELS[model]}, cpu, latents 16×8×8" in text
     assert f"--model {model} --device cuda --dtype bfloat16 --latent 128 --append" in text
+
+
+def test_the_documented_sd_batch_runs_on_tiny_weights_loading_the_networks_once(weights, tmp_path, capsys):
+    """docs/batch.md's 1,000-prompt SD spec as written, its folders pointing at tiny weights, CPU, 2 steps:
+    every task is done, and the pipeline and CLIP are loaded once for all tasks (one worker's process)."""
+    import json
+    import re
+    import sys
+
+    from tilted.cli import main
+
+    text = (ROOT / "docs" / "batch.md").read_text()
+    (block,) = [b for b in re.findall(r"```toml\n(.*?)```", text, flags=re.S) if "sd15_aesthetic" in b]
+    for old, new in (
+        ("/data/models/stable-diffusion-v1-5", weights["--model"]),
+        ("/data/models/clip-vit-large-patch14", weights["--clip"]),
+        ("/data/models/sac+logos+ava1-l14-linearMSE.pth", weights["--head"]),
+        ('"cuda"', '"cpu"'),
+        ("steps = 100", "steps = 2"),
+        ("examples/sd15_aesthetic.py", str(EXAMPLE)),
+    ):
+        assert old in block, old
+        block = block.replace(old, new)
+    spec = tmp_path / "sd.toml"
+    spec.write_text(block.replace("num_particles = 4", "num_particles = 2").replace("baseline = 4", "baseline = 2"))
+    assert main(["batch", str(spec), "--out", str(tmp_path / "runs"), "--no-progress"]) == 0
+    entries = json.loads((tmp_path / "runs" / "manifest.json").read_text())["tasks"]
+    assert len(entries) == 6 and all(e["status"] == "done" for e in entries.values())
+    (module,) = [m for n, m in sys.modules.items() if n.startswith("_tilted_spec_") and hasattr(m, "batch_model")]
+    assert module.networks.cache_info().misses == 1  # six tasks (3 prompts × 2 seeds), one load
+    dt = load(tmp_path / "runs" / f"{next(iter(entries))}.nc")
+    assert dt["particles"]["z"].shape[-3:] == (4, 8, 8) and "prior" in dt.children

@@ -82,14 +82,22 @@ def _on_path(folder: Path):
 
 
 def _load_file_module(path: Path):
+    """The module of a ``.py`` file, executed once per process (so its caches, e.g. of loaded weights,
+    serve every task of a batch worker)."""
     name = f"_tilted_spec_{abs(hash(str(path.resolve())))}"
+    if name in sys.modules:
+        return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise SpecError(f"cannot load {path} as a Python module")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
-    with _on_path(path.parent):
-        spec.loader.exec_module(module)
+    try:
+        with _on_path(path.parent):
+            spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
     return module
 
 
