@@ -145,6 +145,37 @@ def test_failures_are_retried_recorded_and_do_not_stop_the_others(tmp_path, caps
     assert "failed broken" in capsys.readouterr().out
 
 
+def test_a_task_past_the_time_limit_is_stopped_and_the_others_go_on(tmp_path, capsys):
+    (tmp_path / "slow.py").write_text(
+        "import time\nfrom tilted.diagnostics.toys import das_toy\n\n\n"
+        "def model(sleep=0):\n    time.sleep(sleep)\n    return das_toy(num_steps=5)\n"
+    )
+    spec = write(
+        tmp_path,
+        """
+        model = "slow.py:model"
+        engine = "SMC"
+        baseline = 0
+        [engine_options]
+        num_particles = 8
+        [[tasks]]
+        id = "slow"
+        model_options = { sleep = 600 }
+        [[tasks]]
+        id = "fine"
+        """,
+    )
+    out = tmp_path / "out"
+    start = time.perf_counter()
+    args = ["batch", str(spec), "--out", str(out), "--timeout", "1", "--retries", "1", "--no-progress"]
+    assert main(args) == 1 and time.perf_counter() - start < 60
+    manifest = json.loads((out / "manifest.json").read_text())["tasks"]
+    assert manifest["slow"]["error"] == "TaskTimeout: ran longer than the time limit of 1 s"
+    assert manifest["slow"]["attempts"] == 2 and manifest["fine"]["status"] == "done"
+    assert main(["batch", str(spec), "--out", str(out), "--timeout", "0"]) == 2
+    assert "--timeout must be > 0" in capsys.readouterr().err
+
+
 def test_changed_options_under_an_id_are_refused(tmp_path, capsys):
     spec = write(tmp_path, BASE + '[[tasks]]\nid = "a"\nseed = 0\n')
     out = tmp_path / "out"

@@ -37,12 +37,14 @@ def factory_file(tmp_path):
         textwrap.dedent(
             f"""
             import os
+            import time
             from pathlib import Path
             from tilted.diagnostics.toys import das_toy
             LOG = Path({str(tmp_path / "calls.log")!r})
             CRASHED = Path({str(tmp_path / "crashed")!r})
 
-            def model(num_steps=6, crash_once=False):
+            def model(num_steps=6, crash_once=False, sleep=0):
+                time.sleep(sleep)
                 with LOG.open("a") as f:
                     f.write(f"{{os.getpid()}} {{num_steps}}\\n")
                 if crash_once and not CRASHED.exists():
@@ -140,6 +142,16 @@ def test_a_dead_worker_is_replaced_and_its_task_retried_failures_are_recorded(tm
     again = Store(tmp_path / "again")
     summary = run_ray(load_batch(spec), again, retries=0, progress=False, workers=1)
     assert summary.failed["crash"].startswith("worker died") and "fine" in summary.done
+    # a task past the time limit has its worker stopped and replaced; the batch goes on
+    slow = tmp_path / "slow.toml"
+    slow.write_text(
+        spec.read_text().split("[[tasks]]")[0]
+        + '[[tasks]]\nid = "slow"\nmodel_options = { sleep = 600 }\n[[tasks]]\nid = "fine"\nseed = 2\n'
+    )
+    summary = run_ray(load_batch(slow), Store(tmp_path / "slow"), progress=False, workers=2, timeout=15)
+    assert summary.done == ["fine"] and summary.failed["slow"] == "TaskTimeout: ran longer than the time limit of 15 s"
+    entry = json.loads((tmp_path / "slow" / "manifest.json").read_text())["tasks"]["fine"]
+    assert entry["host"].split(":")[1] != str(os.getpid())  # the manifest says where it ran
     # more workers than fit start as many as fit; none fitting is an error, not a hang
     with pytest.raises(BatchError, match="no worker fits"):
         run_ray(load_batch(spec), Store(tmp_path / "gpu"), progress=False, resources=Workers(num_gpus=1))

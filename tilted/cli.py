@@ -61,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         "--workers", type=int, default=None, help="Ray: number of workers (default: as many as the cluster holds)"
     )
     batch.add_argument("--retries", type=int, default=0, help="retries of a failing task before it is recorded failed")
+    batch.add_argument(
+        "--timeout", type=float, default=None, help="seconds a task may run before it is stopped (a failed attempt)"
+    )
     batch.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     report = sub.add_parser("report", help="write a self-contained HTML report of a saved result")
@@ -122,12 +125,14 @@ def _batch(args) -> int:
         tasks, workers = read_batch(args.spec)
         if args.retries < 0:
             raise BatchError(f"--retries must be ≥ 0, got {args.retries}")
+        if args.timeout is not None and not args.timeout > 0:
+            raise BatchError(f"--timeout must be > 0 seconds, got {args.timeout}")
         if args.backend == "local" and (args.address or args.workers):
             raise BatchError("--address and --workers are options of --backend ray")
         store = Store(args.out)
         previous = signal.signal(signal.SIGTERM, stop)
         try:
-            options = {"retries": args.retries, "progress": not args.no_progress}
+            options = {"retries": args.retries, "progress": not args.no_progress, "timeout": args.timeout}
             if args.backend == "ray":
                 summary = run_ray(
                     tasks, store, **options, address=args.address, workers=args.workers, resources=workers

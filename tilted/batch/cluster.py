@@ -24,7 +24,7 @@ import time
 from collections import deque
 from pathlib import Path
 
-from tilted.batch.local import Ledger, Summary, describe, run_task
+from tilted.batch.local import Ledger, Summary, TaskTimeout, describe, run_task, where
 from tilted.batch.store import BatchError, Store
 from tilted.batch.tasks import Task, Workers
 
@@ -43,15 +43,15 @@ class Worker:
     def __init__(self):
         self.models: dict = {}
 
-    def run(self, task: Task) -> tuple[bytes, float | None]:
-        """Run ``task`` → (the bytes of its netCDF result, its log Ẑ)."""
+    def run(self, task: Task) -> tuple[bytes, float | None, str]:
+        """Run ``task`` → (the bytes of its netCDF result, its log Ẑ, where it ran)."""
         from tilted.diagnostics.arviz import NETCDF_ENGINE
 
         dt, log_z = run_task(task, self.models)
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / "result.nc"
             dt.to_netcdf(path, engine=NETCDF_ENGINE)
-            return path.read_bytes(), log_z
+            return path.read_bytes(), log_z, where()
 
 
 def _capacity(ray, need: Workers) -> int:
@@ -73,12 +73,15 @@ def run_ray(
     address: str | None = None,
     workers: int | None = None,
     resources: Workers = Workers(),
+    timeout: float | None = None,
 ) -> Summary:
     """Run every pending task on Ray workers, saving each result as soon as it comes back (module docstring).
 
     ``address`` joins a running cluster (``"auto"``, ``"ray://host:10001"``, ...); without it a local
     cluster starts with ``workers × resources.num_cpus`` CPUs (all of this machine's by default) and
     stops at the end. An already initialised Ray (``ray.init`` in this process) is used as it is.
+    A task running longer than ``timeout`` seconds has its worker stopped and replaced and counts as a
+    failed attempt.
     """
     ray = _ray()
     if workers is not None and workers < 1:
@@ -117,36 +120,49 @@ def run_ray(
         actors = [actor.remote() for _ in range(count)]
         attempts: dict[str, int] = {}
         began: dict[str, float] = {}
-        flight: dict = {}  # object ref → (actor, task)
+        flight: dict = {}  # object ref → (actor, task, deadline)
 
         def submit(worker) -> None:
             task = queue.popleft()
             attempts[task.id] = attempts.get(task.id, 0) + 1
             began.setdefault(task.id, time.perf_counter())
-            flight[worker.run.remote(task)] = (worker, task)
+            deadline = time.monotonic() + timeout if timeout else math.inf
+            flight[worker.run.remote(task)] = (worker, task, deadline)
             ledger.started(task)
+
+        def replace(worker):
+            ray.kill(worker)
+            actors.remove(worker)
+            actors.append(actor.remote())
+            return actors[-1]
 
         for worker in actors:
             submit(worker)
         while flight:
-            (ref,), _ = ray.wait(list(flight), num_returns=1)
-            worker, task = flight.pop(ref)
-            error = None
+            wait = min(d for _, _, d in flight.values()) - time.monotonic()
+            ready, _ = ray.wait(list(flight), num_returns=1, timeout=None if wait == math.inf else max(wait, 0))
+            if ready:
+                ref = ready[0]
+            else:  # the oldest task ran out of time: its worker is stopped and replaced
+                ref = min(flight, key=lambda r: flight[r][2])
+            worker, task, _ = flight.pop(ref)
+            error, host = None, None
             try:
-                data, log_z = ray.get(ref)
+                if not ready:
+                    worker = replace(worker)
+                    raise TaskTimeout(f"ran longer than the time limit of {timeout:g} s")
+                data, log_z, host = ray.get(ref)
                 store.save(task, data)
             except ray.exceptions.RayActorError as exc:  # the worker process died: replace it
                 error = f"worker died ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
-                actors.remove(worker)
-                worker = actor.remote()
-                actors.append(worker)
+                worker = replace(worker)
             except ray.exceptions.RayTaskError as exc:
                 error = describe(getattr(exc, "cause", None) or exc)
-            except Exception as exc:  # noqa: BLE001 - e.g. the result could not be written
+            except Exception as exc:  # noqa: BLE001 - a time limit, or a result that could not be written
                 error = describe(exc)
             seconds = time.perf_counter() - began[task.id]
             if error is None:
-                ledger.done(task, log_z, attempts[task.id], seconds)
+                ledger.done(task, log_z, attempts[task.id], seconds, host=host)
             elif attempts[task.id] <= retries:
                 queue.appendleft(task)
             else:

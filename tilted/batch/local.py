@@ -14,7 +14,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import socket
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from tqdm.auto import tqdm
@@ -62,8 +66,10 @@ class Ledger:
         self.running.add(task.id)
         self._show()
 
-    def done(self, task: Task, log_evidence: float | None, attempts: int, seconds: float) -> None:
-        self.store.record(task, "done", log_evidence=log_evidence, attempts=attempts, seconds=seconds)
+    def done(self, task: Task, log_evidence: float | None, attempts: int, seconds: float, host: str | None = None):
+        self.store.record(
+            task, "done", log_evidence=log_evidence, attempts=attempts, seconds=seconds, host=host or where()
+        )
         self.summary.done.append(task.id)
         self._finish(task)
 
@@ -81,8 +87,37 @@ class Ledger:
         self.bar.close()
 
 
+class TaskTimeout(Exception):
+    """A task ran longer than the batch's time limit (``--timeout``)."""
+
+
 def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
+
+
+def where() -> str:
+    """Where a task ran, for the manifest: host, process and the visible GPUs."""
+    gpus = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return f"{socket.gethostname()}:{os.getpid()}" + (f" gpu {gpus}" if gpus else "")
+
+
+@contextmanager
+def time_limit(seconds: float | None):
+    """Raise :class:`TaskTimeout` in this (main) thread after ``seconds`` (SIGALRM; None: no limit)."""
+    if not seconds:
+        yield
+        return
+
+    def expire(signum, frame):
+        raise TaskTimeout(f"ran longer than the time limit of {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def run_task(task: Task, models: dict | None = None):
@@ -96,8 +131,11 @@ def run_task(task: Task, models: dict | None = None):
     return dt, float(log_z.mean()) if log_z.size and not math.isnan(float(log_z.mean())) else None
 
 
-def run_local(tasks: list[Task], store: Store, retries: int = 0, progress: bool | None = True) -> Summary:
-    """Run every pending task of ``tasks`` in this process, saving each as soon as it finishes."""
+def run_local(
+    tasks: list[Task], store: Store, retries: int = 0, progress: bool | None = True, timeout: float | None = None
+) -> Summary:
+    """Run every pending task of ``tasks`` in this process, saving each as soon as it finishes; a task
+    running longer than ``timeout`` seconds is stopped and counts as a failed attempt."""
     ledger, models = Ledger(tasks, store, progress), {}
     try:
         for task in ledger.pending:
@@ -105,7 +143,8 @@ def run_local(tasks: list[Task], store: Store, retries: int = 0, progress: bool 
             start, error = time.perf_counter(), None
             for attempt in range(1, retries + 2):
                 try:
-                    dt, log_z = run_task(task, models)
+                    with time_limit(timeout):
+                        dt, log_z = run_task(task, models)
                     store.save(task, dt)
                 except Exception as exc:  # noqa: BLE001 - a failing task is a result; the others go on
                     error = describe(exc)
