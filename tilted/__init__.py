@@ -4,6 +4,7 @@ Write the model in Pyro (a sequential process at a ``pyro.sample`` site, rewards
 :func:`factor` statements), then run an engine from :mod:`tilted.inference`.
 """
 
+from tilted import _progress  # noqa: F401  (first: it imports tqdm.auto, which pyro imports, without warnings)
 from tilted.errors import (
     DegenerateWeightsError,
     ModelError,

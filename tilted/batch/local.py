@@ -21,8 +21,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from tqdm.auto import tqdm
-
+from tilted._progress import progress_bar
 from tilted.batch.store import Store
 from tilted.batch.tasks import Task
 
@@ -53,14 +52,14 @@ class Ledger:
         self.pending = sorted(pending, key=lambda t: json.dumps([t.table["model"], t.table.get("model_options", {})]))
         self.summary = Summary(skipped=[t.id for t in tasks if t not in pending])
         self.running: set[str] = set()
-        self.bar = tqdm(
-            total=len(tasks), initial=len(self.summary.skipped), desc="tasks", unit="task", disable=progress is False
+        self.bar = progress_bar(
+            progress=progress, total=len(tasks), initial=len(self.summary.skipped), desc="tasks", unit="task"
         )
         self._show()
 
     def _show(self) -> None:
         done = len(self.summary.done) + len(self.summary.skipped)
-        self.bar.set_postfix(done=done, failed=len(self.summary.failed), running=len(self.running), refresh=True)
+        self.bar.set_postfix(done=done, failed=len(self.summary.failed), running=len(self.running), refresh=False)
 
     def started(self, task: Task) -> None:
         self.running.add(task.id)

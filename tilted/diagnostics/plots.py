@@ -38,6 +38,7 @@ __all__ = [
 _TILTED = "#c0392b"
 _PRETRAINED = "#7f8c8d"
 _MAX_LINES = 12
+_LAMBDA_COLORS = ["#2980b9", "#27ae60", "#8e44ad", "#d35400", "#16a085"]
 
 
 def _sites(dt: xr.DataTree) -> dict[str, tuple[int, ...]]:
@@ -64,15 +65,15 @@ def vector_sites(data) -> list[str]:
     return [name for name, shape in _sites(dt).items() if len(shape) == 1 and post[name].dtype.kind == "f"]
 
 
-def _chain_lines(ax, x, ys, color, label, alpha=None):
+def _chain_lines(ax, x, ys, color, label, alpha=None, lw=1.2):
     """One line per chain (≤ 12 chains) or the median and the range over chains."""
     if ys.shape[0] <= _MAX_LINES:
         a = alpha or (1.0 if ys.shape[0] == 1 else 0.6)
         for i, y in enumerate(ys):
-            ax.plot(x, y, color=color, alpha=a, lw=1.2, label=label if i == 0 else None)
+            ax.plot(x, y, color=color, alpha=a, lw=lw, label=label if i == 0 else None)
     else:
         ax.fill_between(x, ys.min(0), ys.max(0), color=color, alpha=0.2, lw=0, label=f"{label} (range over runs)")
-        ax.plot(x, np.median(ys, 0), color=color, lw=1.5, label=f"{label} (median over runs)")
+        ax.plot(x, np.median(ys, 0), color=color, lw=lw + 0.3, label=f"{label} (median over runs)")
 
 
 def _message(fig: Figure, text: str) -> Figure:
@@ -83,12 +84,18 @@ def _message(fig: Figure, text: str) -> Figure:
     return fig
 
 
-def plot_steps(data) -> Figure:
-    """ESS/N per step (one line per run; resampling marked) and λ_t of each factor."""
+def plot_steps(data, *, compact: bool = False) -> Figure:
+    """ESS/N per step (one line per run; resampling marked) and λ_t of each factor.
+
+    ``compact``: one small panel (3.6 × 1.8 in) with ESS/N and λ_t on the same [0, 1] axis, no title,
+    for the notebook summary (``Result._repr_html_``).
+    """
     dt = _as_datatree(data)
-    fig = Figure(figsize=(8, 5.5), layout="constrained")
+    fig = Figure(figsize=(3.6, 1.8) if compact else (8, 5.5), layout="constrained")
     if "steps" not in dt.children:
         return _message(fig, "this engine records no per-step trace")
+    if compact:
+        return _steps_compact(fig, dt)
     st = dt["steps"]
     ess = st["ess"].values
     R, S = ess.shape
@@ -112,15 +119,32 @@ def plot_steps(data) -> Figure:
     if factors:
         ax2 = axes[1]
         lam = st["lambdas"].values  # (R, S, F)
-        colors = ["#2980b9", "#27ae60", "#8e44ad", "#d35400", "#16a085"]
         for j, name in enumerate(factors):
-            _chain_lines(ax2, steps, lam[:, :, j], colors[j % len(colors)], f"λ[{name}]")
+            _chain_lines(ax2, steps, lam[:, :, j], _LAMBDA_COLORS[j % len(_LAMBDA_COLORS)], f"λ[{name}]")
         ax2.set_ylim(-0.05, 1.05)
         ax2.set_ylabel("λ_t")
         ax2.legend(loc="lower right", fontsize=8)
         axes[-1].set_xlabel("step (0: draw of x_K, last: move to x_0)")
     else:
         ax.set_xlabel("step")
+    return fig
+
+
+def _steps_compact(fig: Figure, dt: xr.DataTree) -> Figure:
+    st = dt["steps"]
+    ess = st["ess"].values
+    steps = np.arange(ess.shape[1])
+    ax = fig.subplots()
+    _chain_lines(ax, steps, ess / st.sizes["particle"], "#2c3e50", "ESS/N", lw=1.0)
+    lam = st["lambdas"].values  # (R, S, F)
+    for j, name in enumerate(str(f) for f in st["factor"].values):
+        _chain_lines(ax, steps, lam[:, :, j], _LAMBDA_COLORS[j % len(_LAMBDA_COLORS)], f"λ[{name}]", lw=1.0)
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_xlabel("step", fontsize=7, labelpad=1)
+    ax.tick_params(labelsize=6, length=2, pad=1)
+    ax.legend(
+        fontsize=6, loc="lower left", bbox_to_anchor=(0, 1), ncol=4, frameon=False, handlelength=1.2, borderaxespad=0
+    )
     return fig
 
 

@@ -23,20 +23,35 @@ import xarray as xr
 
 from tilted.diagnostics.verdicts import Diagnosis, _as_datatree, diagnose
 
-__all__ = ["render_report", "write_report"]
+__all__ = ["render_report", "render_summary", "write_report"]
 
-_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;
-color:#222;padding:0 1em;line-height:1.4}
-h1{font-size:1.6em;margin-bottom:.2em} h2{font-size:1.25em;border-bottom:1px solid #ddd;padding-bottom:.2em;
-margin-top:1.8em} table{border-collapse:collapse;margin:.6em 0;font-size:.92em}
+_CSS_TABLES = """
+table{border-collapse:collapse;margin:.6em 0;font-size:.92em}
 td,th{border:1px solid #ddd;padding:.3em .6em;text-align:left;vertical-align:top}
 th{background:#f4f6f7} .pass{color:#1e8449;font-weight:600} .FAIL{color:#c0392b;font-weight:700}
 .info{color:#7f8c8d} .badge{display:inline-block;padding:.25em .8em;border-radius:1em;color:#fff;
-font-weight:700} .ok{background:#1e8449} .bad{background:#c0392b} figure{margin:1em 0}
-figure img{max-width:100%;border:1px solid #eee} figcaption{color:#555;font-size:.9em}
-code,pre{background:#f7f7f7;font-size:.88em} pre{padding:.6em;overflow-x:auto} .muted{color:#777}
+font-weight:700} .ok{background:#1e8449} .bad{background:#c0392b} .muted{color:#777}
 """
+_CSS = (
+    """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;
+color:#222;padding:0 1em;line-height:1.4}
+h1{font-size:1.6em;margin-bottom:.2em} h2{font-size:1.25em;border-bottom:1px solid #ddd;padding-bottom:.2em;
+margin-top:1.8em} figure{margin:1em 0}
+figure img{max-width:100%;border:1px solid #eee} figcaption{color:#555;font-size:.9em}
+code,pre{background:#f7f7f7;font-size:.88em} pre{padding:.6em;overflow-x:auto}
+"""
+    + _CSS_TABLES
+)
+_CSS_SUMMARY = "figure{margin:.4em 0} figcaption{color:#555;font-size:.85em} p{margin:.4em 0}"
+_SCOPE = "tilted-summary"  # the class of the notebook summary's <div>: its styles apply inside it only
+
+
+def _scoped(css: str, scope: str) -> str:
+    """Prefix every selector of a flat stylesheet (no @-rules) with ``scope``, for HTML inside a page."""
+    rules = [r.split("{", 1) for r in css.replace("\n", " ").split("}") if r.strip()]
+    return "".join(",".join(f"{scope} {s.strip()}" for s in sel.split(",")) + "{" + body + "}" for sel, body in rules)
+
 
 _CAPTIONS = {
     "steps": "Kish ESS/N after every step (dots: resampled after that step) and the tempering λ_t of each "
@@ -50,10 +65,25 @@ _CAPTIONS = {
 }
 
 
-def _png(fig) -> str:
+def _png(fig, dpi: int = 85, colors: int | None = None) -> str:
+    """The figure as base64 PNG; ``colors``: a palette of that many colours (a few KB for a line plot)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=85)
+    fig.savefig(buf, format="png", dpi=dpi)
+    if colors is not None:
+        from PIL import Image  # a dependency of matplotlib
+
+        image = Image.open(io.BytesIO(buf.getvalue())).convert("RGB").quantize(colors)
+        buf = io.BytesIO()
+        image.save(buf, format="png", optimize=True)
     return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _figure(name: str, fig, caption: str, dpi: int = 85, colors: int | None = None) -> str:
+    """A ``<figure>`` with the plot as an embedded base64 PNG and its caption."""
+    return (
+        f'<figure><img alt="{_e(name)}" src="data:image/png;base64,{_png(fig, dpi, colors)}">'
+        f"<figcaption><b>{_e(name)}</b>: {_e(caption)}</figcaption></figure>"
+    )
 
 
 def _e(x) -> str:
@@ -80,7 +110,8 @@ def _table(rows, head=None) -> str:
     return "\n".join(out)
 
 
-def _verdicts_html(diagnosis: Diagnosis) -> str:
+def _verdicts_html(diagnosis: Diagnosis, compact: bool = False) -> str:
+    """The verdicts as a table; ``compact``: only diagnostic, verdict and finding."""
     rows = [
         (
             f"<code>{_e(v.name)}</code>",
@@ -92,7 +123,15 @@ def _verdicts_html(diagnosis: Diagnosis) -> str:
         )
         for v in diagnosis
     ]
+    if compact:
+        return _table([(r[0], r[1], r[4]) for r in rows], ["diagnostic", "verdict", "finding"])
     return _table(rows, ["diagnostic", "verdict", "value", "threshold", "finding", "rule"])
+
+
+def _badge(diagnosis: Diagnosis) -> str:
+    if diagnosis.ok:
+        return '<span class="badge ok">trust: all checks passed</span>'
+    return f'<span class="badge bad">do not trust: {len(diagnosis.failed)} check(s) failed</span>'
 
 
 def _sensitivity_html(dt: xr.DataTree, max_elements: int = 64) -> str:
@@ -193,17 +232,12 @@ def render_report(data, *, title: str | None = None, diagnosis: Diagnosis | None
     a = dt.attrs
     engine, site = a.get("engine", "?"), a.get("site", "?")
     title = title or f"tilted report: {engine} on site {site!r}"
-    badge = (
-        '<span class="badge ok">trust: all checks passed</span>'
-        if diagnosis.ok
-        else f'<span class="badge bad">do not trust: {len(diagnosis.failed)} check(s) failed</span>'
-    )
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{_e(title)}</h1>",
-        f"<p>{badge}</p>",
+        f"<p>{_badge(diagnosis)}</p>",
         f"<p class='muted'>{_e(a.get('num_runs', '?'))} run(s) × {_e(a.get('num_particles', '?'))} particles; "
         f"factors {_e(', '.join(json.loads(a.get('factors', '[]'))) or 'none')}; temperatures "
         f"{_e(a.get('temperatures', '{}'))}; {_seed_text(a)}.</p>",
@@ -220,10 +254,7 @@ def render_report(data, *, title: str | None = None, diagnosis: Diagnosis | None
             caption = "Pretrained draws (grey), final particles sized by weight, and posterior draws (red)."
         elif base == "images":
             caption = "Pretrained draws (when known) and distinct tilted draws."
-        parts.append(
-            f'<figure><img alt="{_e(name)}" src="data:image/png;base64,{_png(fig)}">'
-            f"<figcaption><b>{_e(name)}</b>: {_e(caption)}</figcaption></figure>"
-        )
+        parts.append(_figure(name, fig, caption))
     parts += [
         "<h2>Sensitivity to the temperature</h2>",
         _sensitivity_html(dt),
@@ -243,6 +274,59 @@ def render_report(data, *, title: str | None = None, diagnosis: Diagnosis | None
         "</body></html>",
     ]
     return "\n".join(parts)
+
+
+def render_summary(data, *, diagnosis: Diagnosis | None = None) -> str:
+    """A compact HTML summary of a result or its DataTree: what ``Result`` and ``Diagnosis`` show in a notebook.
+
+    Engine, N particles × R runs, log Ẑ (mean ± s.e. sd/√R over runs; "none" for approximate
+    engines), the final Kish ESS and its minimum over the steps, the verdicts of :func:`diagnose`
+    (pass/FAIL with the finding), and ESS/N and λ_t per step as a small embedded PNG. One
+    ``<div>`` with scoped styles and no external resources; the full report is :func:`render_report`.
+    """
+    from tilted.diagnostics.plots import plot_steps
+    from tilted.inference.result import log_evidence_text
+
+    dt = _as_datatree(data)
+    diagnosis = diagnosis if diagnosis is not None else diagnose(dt)
+    a = dt.attrs
+    config = json.loads(a.get("config", "{}"))
+    lz = dt["sample_stats"]["log_marginal_likelihood"].values
+    R, N = dt["particles"]["log_weight"].shape
+    ess = dt["sample_stats"]["ess"].values
+    if np.isnan(lz).all():
+        ess_text = "– (unweighted particles)"
+    else:
+        ess_text = f"final {ess.min():.1f} of {N}" + (f" (worst run; mean {ess.mean():.1f})" if R > 1 else "")
+        if "steps" in dt.children:
+            steps = dt["steps"]["ess"].values  # (R, S)
+            run, step = np.unravel_index(int(np.argmin(steps)), steps.shape)
+            where = f"step {step}" + (f", run {run}" if R > 1 else "")
+            ess_text += f"; min over steps {steps.min():.1f} ({where})"
+    counts = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in json.loads(a.get("counts", "{}")).items() if v)
+    rows = [
+        ("engine", f"<b>{_e(a.get('engine', '?'))}</b> on site <code>{_e(a.get('site', '?'))}</code>"),
+        ("particles × runs", f"{N} × {R}"),
+        ("log Ẑ", _e(log_evidence_text(lz, int(config.get("groups", 1))))),
+        ("ESS", _e(ess_text)),
+        ("compute", _e(counts or "–")),
+    ]
+    if "steps" in dt.children:
+        caption = "ESS/N and the tempering λ_t of each factor after every step"
+        plot = _figure("steps", plot_steps(dt, compact=True), caption, dpi=100, colors=32)
+    else:
+        plot = "<p class='muted'>no per-step trace: no ESS/λ plot</p>"
+    return "\n".join(
+        [
+            f'<div class="{_SCOPE}"><style>{_scoped(_CSS_TABLES + _CSS_SUMMARY, "." + _SCOPE)}</style>',
+            f"<p>{_badge(diagnosis)}</p>",
+            _table(rows),
+            plot,
+            _verdicts_html(diagnosis, compact=True),
+            "<p class='muted'>Full report: <code>tilted.diagnostics.write_report(result, \"report.html\")</code>.</p>",
+            "</div>",
+        ]
+    )
 
 
 def write_report(data, path: str | Path, **kwargs) -> Path:

@@ -99,7 +99,15 @@ class Verdict:
 
 
 class Diagnosis(list):
-    """The verdicts of :func:`diagnose` (a list of :class:`Verdict`), with ``.ok`` and lookup by name."""
+    """The verdicts of :func:`diagnose` (a list of :class:`Verdict`), with ``.ok`` and lookup by name.
+
+    ``datatree`` is the DataTree that was judged (``None`` when built by hand); with it, a notebook
+    shows the summary of :func:`tilted.diagnostics.report.render_summary`, otherwise the verdicts.
+    """
+
+    def __init__(self, verdicts=(), datatree: xr.DataTree | None = None):
+        super().__init__(verdicts)
+        self.datatree = datatree
 
     @property
     def ok(self) -> bool:
@@ -128,6 +136,22 @@ class Diagnosis(list):
 
     def __str__(self) -> str:
         return self.table() + f"\n\noverall: {'ok' if self.ok else 'do not trust this run'}"
+
+    def __repr__(self) -> str:
+        status = [v.status for v in self]
+        failed = f" ({', '.join(v.name for v in self.failed)})" if self.failed else ""
+        return (
+            f"Diagnosis(ok={self.ok}: {len(self)} verdicts, {status.count('pass')} pass, "
+            f"{status.count('FAIL')} FAIL{failed}, {status.count('info')} info)"
+        )
+
+    def _repr_html_(self) -> str:
+        from tilted.diagnostics.report import _CSS_TABLES, _SCOPE, _badge, _scoped, _verdicts_html, render_summary
+
+        if self.datatree is not None:
+            return render_summary(self.datatree, diagnosis=self)
+        style = f"<style>{_scoped(_CSS_TABLES, '.' + _SCOPE)}</style>"
+        return f'<div class="{_SCOPE}">{style}<p>{_badge(self)}</p>{_verdicts_html(self, compact=True)}</div>'
 
 
 def _fmt(x: float | None) -> str:
@@ -464,5 +488,6 @@ def diagnose(
             check_intermediate_potential(dt),
             check_gibbs_mixing(dt),
             *check_rewards(dt),
-        ]
+        ],
+        datatree=dt,
     )

@@ -9,7 +9,7 @@ injected noise is :class:`~tilted.inference.bandit.NoiseSearch`.
 
 It is a derivative-free *optimiser* of the value ψ(x_0) = Σ_j r_j(x_0)/α_j (or Σ_j r_j with
 ``temperature=0``; :mod:`tilted.inference.values`) over the outputs of a pretrained chain; it does not
-sample the tilted target p_θ(x_0) exp(ψ(x_0))/Z (DESIGN §2): results carry uniform ``log_weights``,
+sample the tilted target p_θ(x_0) exp(ψ(x_0))/Z (README, Guarantees): results carry uniform ``log_weights``,
 NaN ``log_evidence`` and the exact rewards of the returned x_0, as :class:`~tilted.inference.BestOfN`.
 
 Counting follows :class:`~tilted.inference.result.Counts`: one denoiser call per particle evaluated at a
@@ -25,8 +25,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
+from tilted._progress import progress_bar
 from tilted._random import Seed, as_generator
 from tilted.distributions.gaussian import GaussianPath
 from tilted.distributions.masked import MaskedDiffusion
@@ -408,10 +408,8 @@ class EvolutionarySearch:
                     "limit another count or give num_generations"
                 )
 
-        disable = None if self.progress is None else not self.progress
-        bar = tqdm(
-            total=None if limit == math.inf else limit + 1, desc=type(self).__name__, disable=disable, leave=False
-        )
+        total = None if limit == math.inf else limit + 1
+        bar = progress_bar(progress=self.progress, total=total, desc=type(self).__name__, leave=False)
         x = process.draw_initial((R, P), generator)
         pop = self.evaluate(values, x, K, record, generator)
         archive, distinct = merge_best(None, (pop.x0, pop.rewards, pop.score), self.num_particles)

@@ -46,14 +46,14 @@ import math
 from dataclasses import dataclass, replace
 
 import torch
-from tqdm.auto import tqdm
 
+from tilted._progress import progress_bar
 from tilted._random import Seed, as_generator
 from tilted.errors import ModelError, NoDensityError
 from tilted.inference.budget import as_budget, sized
 from tilted.inference.resampling import multinomial
 from tilted.inference.result import Result, collect
-from tilted.inference.smc import SMC, State, _disable
+from tilted.inference.smc import SMC, State
 from tilted.inference.walk import positive_int
 from tilted.plan import Plan, read_plan
 
@@ -272,7 +272,7 @@ class ParticleGibbs(SMC):
             raise ModelError(f"burn_in = {self.burn_in} leaves none of the {S} sweeps; lower it or raise the budget")
         self._reference = None
         renewed, moved, rewards, log_z, finals, paths = [], [], [], [], [], []
-        for s in tqdm(range(S), desc="ParticleGibbs", disable=_disable(self.progress), leave=False):
+        for s in progress_bar(range(S), progress=self.progress, desc="ParticleGibbs", leave=False):
             path, j, state, infos = self.sweep(plan, generator)
             runs = torch.arange(j.shape[0], device=j.device)
             previous = self._reference

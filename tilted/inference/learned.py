@@ -30,8 +30,8 @@ import warnings
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
+from tilted._progress import progress_bar
 from tilted._random import Seed, as_generator
 from tilted.distributions.gaussian import GaussianDiffusion
 from tilted.errors import ModelError, NonFiniteError
@@ -169,9 +169,7 @@ class LearnedSoftValue(Twist):
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps)
         train_states, train_y = states[:, train], y[train]
         C = train_states.shape[1]
-        bar = tqdm(
-            range(steps), desc="LearnedSoftValue.fit", disable=None if progress is None else not progress, leave=False
-        )
+        bar = progress_bar(range(steps), progress=progress, desc="LearnedSoftValue.fit", leave=False)
         checks = set(torch.linspace(0, steps, CHECKS + 1).round().long()[1:].tolist())
         history, best = [], (math.inf, None, 0)
         for step in bar:
@@ -299,9 +297,7 @@ def _simulate(plan, num_chains: int, gen, batch_size: int, progress) -> tuple[to
     """States x_k of ``num_chains`` pretrained chains (K, C, *E), level k at row k − 1, and y (C,) float32."""
     process = plan.process
     states, ys = [], []
-    bar = tqdm(
-        total=num_chains, desc="pretrained chains", disable=None if progress is None else not progress, leave=False
-    )
+    bar = progress_bar(progress=progress, total=num_chains, desc="pretrained chains", leave=False)
     for first in range(0, num_chains, batch_size):
         n = min(batch_size, num_chains - first)
         x = process.draw_initial((n,), gen)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import warnings
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -146,6 +148,51 @@ class Result:
         if not self.batched:
             return value[idx[0]]
         return value[torch.arange(idx.shape[0], device=idx.device)[:, None], idx]
+
+    def __repr__(self) -> str:
+        runs = self.log_weights.shape[0] if self.batched else 1
+        shape = tuple(self.particles[self.site].shape) if self.site in self.particles else "?"
+        more = len(self.particles) - (self.site in self.particles)
+        text = (
+            f"Result({self.config.get('engine', '?')}: {runs} run{'s' * (runs > 1)} × {self.num_particles} "
+            f"particles of site {self.site!r} {shape}{f' (+{more} sites)' if more else ''}; "
+            f"log Ẑ {log_evidence_text(self.log_evidence, self.config.get('groups', 1))}"
+        )
+        if not torch.isnan(self.log_evidence).all():
+            text += f"; final ESS {float(self.ess.min()):.1f} of {self.num_particles}{' (worst run)' * (runs > 1)}"
+        steps = "no per-step trace" if self.trace is None else f"{self.trace.ess.shape[0]} steps"
+        return text + f"; {steps})"
+
+    def _repr_html_(self) -> str:
+        """The notebook summary (:func:`tilted.diagnostics.report.render_summary`)."""
+        from tilted.diagnostics.report import render_summary
+
+        with warnings.catch_warnings():  # a display is no place for conversion warnings
+            warnings.simplefilter("ignore")
+            return render_summary(self)
+
+
+def log_evidence_text(log_evidence, groups: int = 1) -> str:
+    """log Ẑ over R runs as "mean ± s.e. (over R runs)", s.e. = sd/√R; per group with P groups (run r = m·P + p).
+
+    NaN everywhere (approximate engines) reads "none"; one run has no standard error.
+    """
+    z = torch.as_tensor(log_evidence, dtype=torch.float64).reshape(-1).cpu()
+    if torch.isnan(z).all():
+        return "none (an approximate engine: unweighted particles, no evidence estimate)"
+    M = z.numel() // groups
+    z = z.reshape(M, groups)
+    if M == 1:
+        values = [f"{float(v):.4g}" for v in z[0]]
+        how = "one run: no standard error, use num_runs ≥ 2"
+    else:
+        se = z.std(0) / math.sqrt(M)
+        values = [f"{float(m):.4g} ± {float(s):.2g}" for m, s in zip(z.mean(0), se, strict=True)]
+        how = f"mean ± s.e. over {M} runs" + " of each group" * (groups > 1)
+    if groups > 1:
+        shown = [f"group {p}: {v}" for p, v in enumerate(values[:4])]
+        values = ["; ".join(shown) + ("; …" if groups > 4 else "")]
+    return f"{values[0]} ({how})"
 
 
 def collect(plan, x, rewards, log_weights, log_evidence, infos, counts, config, batched: bool) -> Result:

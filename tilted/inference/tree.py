@@ -7,7 +7,7 @@ log-mean-exp of its children's values,
 
     v(x_0) = ψ(x_0),        v(x_k) = log (1/M) Σ_{c ∈ children(x_k)} exp(v(c)),
 
-a Monte-Carlo estimate of V_k(x_k) = log E_{p_θ}[exp ψ(x_0) | x_k] (DESIGN §2, in units of the tilt),
+a Monte-Carlo estimate of V_k(x_k) = log E_{p_θ}[exp ψ(x_0) | x_k] (README, Guarantees; in units of the tilt),
 refined as the tree grows. An iteration (run as ``num_parallel`` descents per run, batched):
 
 1. **select**: from the root, step into a child by the selection rule, until a node is to grow;
@@ -39,8 +39,8 @@ import warnings
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from tilted._progress import progress_bar
 from tilted._random import Seed, as_generator
 from tilted.distributions.gaussian import GaussianPath
 from tilted.distributions.masked import MaskedDiffusion
@@ -496,8 +496,7 @@ class TreeSearch(ChainEngine):
             raise BudgetError(f"the budget {self.budget.as_dict()} does not cover the roots' x̂_0 ({R} calls)")
         self.tree = tree = self._init(plan, values, R)
         self.iteration_counts: list[Counts] = []
-        disable = None if self.progress is None else not self.progress
-        with tqdm(desc=type(self).__name__, unit="it", disable=disable, leave=False) as bar:
+        with progress_bar(progress=self.progress, desc=type(self).__name__, unit="it", leave=False) as bar:
             while True:
                 cost = self._iterate(plan, values, tree, generator)
                 if cost is None:

@@ -1,6 +1,6 @@
 """The loop shared by guidance and search engines: walk the chain with unweighted particles.
 
-These engines are approximate samplers or optimisers (DESIGN §2): they move particles x_K → x_0
+These engines are approximate samplers or optimisers (README, Guarantees): they move particles x_K → x_0
 by a modified kernel (a guided step, a choice among candidates) and attach no importance weight
 that would correct for the modification. Their :class:`~tilted.inference.Result` therefore has
 
@@ -25,8 +25,8 @@ import math
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
+from tilted._progress import progress_bar
 from tilted._random import Seed, as_generator
 from tilted.distributions.gaussian import GaussianPath
 from tilted.distributions.masked import MaskedDiffusion
@@ -88,7 +88,7 @@ class ChainEngine:
     batch_size
         Particles per denoiser/reward evaluation (bounds memory; results are unchanged).
     progress
-        Show a progress bar (``None``: only in an interactive terminal or notebook).
+        A progress bar: ``False`` none, ``True`` always, ``None`` once the run has lasted 2 s (:mod:`tilted._progress`).
     budget
         Denoiser calls (int) or a :class:`~tilted.inference.budget.Budget`: N becomes the largest number
         of particles whose cost (:meth:`cost`, exact) fits, capped by ``num_particles`` when both are given.
@@ -174,8 +174,7 @@ class ChainEngine:
         values = Values(plan, self.counts, self.batch_size, self.temperature, generator, self.fill, self.num_fills)
         walk, info = self.init(plan, values, generator)
         infos = [info]
-        disable = None if self.progress is None else not self.progress
-        for _ in tqdm(plan.process.levels, desc=type(self).__name__, disable=disable, leave=False):
+        for _ in progress_bar(plan.process.levels, progress=self.progress, desc=type(self).__name__, leave=False):
             walk, info = self.step(plan, values, walk, generator)
             infos.append(info)
         rewards = walk.rewards if walk.rewards is not None else values.rewards(walk.x)

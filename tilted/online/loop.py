@@ -26,9 +26,9 @@ from typing import Any
 
 import pyro
 import torch
-from tqdm.auto import tqdm
 
 import tilted
+from tilted._progress import progress_bar
 from tilted.errors import ModelError, ShapeError, TiltedError
 from tilted.online.store import Store, stored_seed
 from tilted.online.surrogates import Ensemble, NeuralLinear, Surrogate
@@ -269,7 +269,8 @@ def optimize(
         See :func:`query`: retries of a failing oracle call, and queries per oracle call (default: the
         whole batch in one call; ``chunk=1`` saves after every single query).
     progress
-        A progress bar over rounds with the best value so far (None: only on a terminal).
+        A progress bar over rounds with the best value so far: ``False`` none, ``True`` always, ``None``
+        once the loop has lasted 2 s (:mod:`tilted._progress`).
     """
     for name, value, low in (("rounds", rounds, 1), ("batch_size", batch_size, 1), ("retries", retries, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -295,7 +296,7 @@ def optimize(
     store = Store(store, settings) if store is not None else None
     event_dim = len(prior.event_shape)
     history = History(seed=seed)
-    bar = tqdm(range(rounds), desc="online", disable=None if progress is None else not progress)
+    bar = progress_bar(range(rounds), progress=progress, desc="online")
     for r in bar:
         base = seed * 1_000_003 + 7919 * r  # every random choice of round r derives from (seed, r)
         stored = store.load(r) if store is not None else None
