@@ -173,7 +173,13 @@ def _report(args) -> int:
     from tilted.diagnostics.report import write_report
     from tilted.diagnostics.verdicts import diagnose
 
-    dt = load(args.result)
+    try:
+        dt = load(args.result)
+    except (OSError, ValueError) as exc:  # missing, or not a netCDF file
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        reason = lines[0] if isinstance(exc, FileNotFoundError) else f"cannot read {args.result!r} ({lines[0]})"
+        print(f"tilted report: {reason}", file=sys.stderr)
+        return 2
     diagnosis = diagnose(dt)
     path = write_report(dt, args.out, diagnosis=diagnosis)
     print(diagnosis)

@@ -340,6 +340,11 @@ def save(data: xr.DataTree | Result, path: str | Path, **to_datatree_kwargs) -> 
 
 def load(path: str | Path) -> xr.DataTree:
     """Read a DataTree written by :func:`save`, fully into memory (the file is closed afterwards)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(
+            f"no result file at {str(path)!r}: write one with `tilted run SPEC --out {path}` or "
+            "tilted.diagnostics.save(result, path)"
+        )
     with xr.open_datatree(path, engine=NETCDF_ENGINE) as dt:
         loaded = dt.load()
     return _fix_strings(loaded)

@@ -33,8 +33,10 @@ first, then on the Python path.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.util
+import inspect
 import json
 import sys
 import tomllib
@@ -153,7 +155,7 @@ def _component(kind: str, value):
     cls = classes.get(str(value["name"]).lower())
     if cls is None:
         raise SpecError(f"unknown {kind} {value['name']!r}")
-    return cls(**params)
+    return _call(cls, params, f"{kind} {value['name']!r}")
 
 
 def _engine_options(options: dict) -> dict:
@@ -175,6 +177,33 @@ def _seeds(ns: dict) -> list[int | None]:
     return [ns.get("seed")]
 
 
+def _call(fn, options: dict, what: str, *args):
+    """``fn(*args, **options)``; a keyword ``fn`` does not take, or a :class:`~tilted.errors.TiltedError` or
+    ``ValueError`` of the call, is a :class:`SpecError` (an unknown key is named with the accepted ones)."""
+    from tilted.errors import TiltedError
+
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # a callable without a signature: call it as it is
+        signature = None
+    if signature is not None and not any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
+        positional = list(signature.parameters)[: len(args)]
+        accepted = [
+            n for n, p in signature.parameters.items() if n not in positional and p.kind is not p.VAR_POSITIONAL
+        ]
+        for key in options:
+            if key not in accepted:
+                close = difflib.get_close_matches(key, accepted, n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise SpecError(f"{what} takes no option {key!r}: {hint}it takes {', '.join(accepted)}")
+    try:
+        return fn(*args, **options)
+    except SpecError:
+        raise
+    except (TiltedError, ValueError) as exc:
+        raise SpecError(f"{what}: {exc}") from exc
+
+
 def spec_from_table(
     table: dict, folder: Path | None, source: str = "", text: str = "", models: dict | None = None
 ) -> Spec:
@@ -192,11 +221,18 @@ def spec_from_table(
     if models is not None and key in models:
         model = models[key]
     else:
-        model = _resolve(table["model"], folder, "model")(**options)
+        model = _call(
+            _resolve(table["model"], folder, "model"), options, f"{source or 'spec'}: model {table['model']!r}"
+        )
         if models is not None:
             models.clear()  # one model per worker at a time: memory stays that of one model
             models[key] = model
-    engine = _engine_factory(table["engine"], folder)(model, **_engine_options(table.get("engine_options", {})))
+    engine = _call(
+        _engine_factory(table["engine"], folder),
+        _engine_options(table.get("engine_options", {})),
+        f"{source or 'spec'}: engine {table['engine']!r}",
+        model,
+    )
     return Spec(
         model=model,
         engine=engine,

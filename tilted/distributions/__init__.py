@@ -7,7 +7,7 @@ from tilted.distributions.gaussian import GaussianDiffusion, GaussianPath, Point
 from tilted.distributions.masked import MaskedDiffusion
 from tilted.distributions.masked_lm import MaskedLM, from_masked_lm
 from tilted.distributions.mixture import GaussianMixture
-from tilted.distributions.pipelines import GuidedUNet, LatentDiffusion, VAEDecoder, from_pipeline
+from tilted.distributions.pipelines import GuidedUNet, LatentDiffusion, VAEDecoder, from_pipeline, load_pipeline
 from tilted.distributions.process import SequentialProcess
 from tilted.distributions.tabular import TableReward, TabularSequences
 
@@ -29,4 +29,5 @@ __all__ = [
     "from_diffusers",
     "from_masked_lm",
     "from_pipeline",
+    "load_pipeline",
 ]

@@ -1,7 +1,8 @@
 """Text-to-image pipelines as sequential distributions: Stable Diffusion 1.x/2.x and SDXL latents.
 
 (SD3 and FLUX, flow-matching pipelines, are read by the same :func:`from_pipeline` into the
-:class:`~tilted.distributions.flow_pipelines.LatentFlow` of :mod:`tilted.distributions.flow_pipelines`.)
+:class:`~tilted.distributions.flow_pipelines.LatentFlow` of :mod:`tilted.distributions.flow_pipelines`;
+:func:`load_pipeline` loads a pipeline from its folder, naming what to download when it is missing.)
 
 :func:`from_pipeline` turns a diffusers ``StableDiffusionPipeline`` (or ``StableDiffusionXLPipeline``)
 into a :class:`LatentDiffusion`: a :class:`~tilted.distributions.GaussianDiffusion` over the VAE's
@@ -23,6 +24,7 @@ weights stay float32/float64 (the networks' outputs are cast back).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -324,3 +326,24 @@ def from_pipeline(
         prompts=prompt if isinstance(prompt, str) else prompts,
         **settings,
     )
+
+
+def load_pipeline(path_or_hub_id: str | os.PathLike, pipeline_class: Any = None, **kwargs) -> Any:
+    """A diffusers pipeline from a local folder (or a cached hub id), ready for :func:`from_pipeline`.
+
+    ``pipeline_class.from_pretrained(path_or_hub_id, **kwargs)``, by default diffusers' ``DiffusionPipeline``
+    (the class named in ``model_index.json``). A missing folder or file raises
+    :class:`~tilted.errors.MissingWeightsError` with the ``hf download`` command: for the models the docs
+    use (``models/stable-diffusion-v1-5`` ← ``stable-diffusion-v1-5/stable-diffusion-v1-5``,
+    ``models/FLUX.1-dev`` ← ``black-forest-labs/FLUX.1-dev``, …) with their real hub id and filters.
+    """
+    from diffusers import DiffusionPipeline
+
+    from tilted.rewards.loading import from_pretrained
+
+    loader = DiffusionPipeline if pipeline_class is None else pipeline_class
+    name = "" if pipeline_class is None else f", {loader.__name__}"
+    return from_pretrained(
+        loader, path_or_hub_id, what=f"diffusers pipeline ({loader.__name__})", default_id=None,
+        usage=f"tilted.distributions.load_pipeline({{folder}}{name}, ...)", **kwargs,
+    )  # fmt: skip

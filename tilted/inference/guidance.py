@@ -50,6 +50,7 @@ import torch
 from tilted.distributions.masked import MaskedDiffusion
 from tilted.errors import ModelError
 from tilted.inference.discrete import masked_move, taylor_tilt
+from tilted.inference.proposals import require_differentiable
 from tilted.inference.result import Counts
 from tilted.inference.values import Values
 from tilted.inference.walk import ChainEngine, Walk, non_negative, positive_int
@@ -88,6 +89,8 @@ class Guidance(ChainEngine):
                 "(discrete) model use TaylorGuidance, the Taylor tilt of its categoricals"
             )
         super().check(plan)
+        if self.scale > 0:
+            require_differentiable(plan.factors, type(self).__name__)
 
     def step_size(self, process, k: int) -> float:
         """ρ_k, the multiplier of g_k at step k."""
@@ -347,6 +350,8 @@ class TaylorGuidance(ChainEngine):
                 f"TaylorGuidance runs masked diffusion, got {type(plan.process).__name__}; for Gaussian diffusion "
                 "use DPS, FreeDoM or MPGD"
             )
+        if self.scale > 0:
+            require_differentiable(plan.factors, type(self).__name__)
 
     def step(self, plan: Plan, values: Values, walk: Walk, generator=None):
         process, k, x = plan.process, walk.level, walk.x

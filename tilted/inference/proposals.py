@@ -33,6 +33,27 @@ from tilted.errors import ModelError, NonFiniteError
 
 PROPOSALS = ("prior", "gradient")
 F64 = torch.float64
+#: what to use where a reward has no gradient
+DERIVATIVE_FREE = (
+    "a derivative-free engine (SMC with proposal='prior', Importance, SVDD, BeamSearch, BestOfN, NestedIS)"
+)
+
+
+def require_differentiable(factors, needs: str, instead: str = DERIVATIVE_FREE) -> None:
+    """Refuse factors whose reward declares ``differentiable = False`` (plain callables count as differentiable).
+
+    ``needs`` names what differentiates the rewards, ``instead`` what to use.
+    """
+    bad = [
+        f"factor {f.name!r} ({type(f.reward).__name__})"
+        for f in factors
+        if not getattr(f.reward, "differentiable", True)
+    ]
+    if bad:
+        raise ModelError(
+            f"{needs} differentiates the rewards, but the reward of {' and '.join(bad)} is not differentiable "
+            f"(it declares differentiable=False); use {instead}"
+        )
 
 
 def gaussian_move(

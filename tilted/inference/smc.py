@@ -33,15 +33,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
-from tqdm.auto import tqdm
 
+from tilted._progress import progress_bar
 from tilted._random import Seed, as_generator
 from tilted.distributions.masked import MaskedDiffusion
 from tilted.errors import DegenerateWeightsError, ModelError, NoDensityError, NonFiniteError
 from tilted.inference.budget import Budget, BudgetError, as_budget, sized
 from tilted.inference.discrete import MaskedKernel, check_fill
-from tilted.inference.potentials import Potential, Terminal, Twist, as_potential
-from tilted.inference.proposals import PROPOSALS, GaussianKernel
+from tilted.inference.potentials import GaussianSoftValue, Potential, Terminal, Twist, as_potential
+from tilted.inference.proposals import PROPOSALS, GaussianKernel, require_differentiable
 from tilted.inference.resampling import get_resampler
 from tilted.inference.result import Counts, Result, StepInfo, collect
 from tilted.inference.weights import ess, normalize
@@ -120,7 +120,7 @@ class SMC:
     batch_size
         Particles per denoiser/reward evaluation (bounds memory; results are unchanged).
     progress
-        Show a progress bar (``None``: only in an interactive terminal or notebook).
+        A progress bar: ``False`` none, ``True`` always, ``None`` once the run has lasted 2 s (:mod:`tilted._progress`).
     fill, num_fills
         Masked (discrete) models only: potentials read the rewards of ``num_fills`` sequences drawn
         from x̂_0 (``"soft"``: their log-mean-exp soft value) or of its ``"argmax"``; there
@@ -208,6 +208,10 @@ class SMC:
             )
         if self.proposal == "gradient" and isinstance(self.potential, Twist) and isinstance(process, MaskedDiffusion):
             raise ModelError("the Taylor proposal differentiates the rewards at x̂_0, not a twist; use proposal='prior'")
+        of_rewards = self.potential.uses_rewards or isinstance(self.potential, GaussianSoftValue)  # ∇ψ is of r
+        if self.proposal == "gradient" and of_rewards:
+            needs = f"{type(self).__name__}(proposal='gradient')"
+            require_differentiable(plan.factors, needs, "proposal='prior' (the same target, without gradients)")
         self._kernel = kernel(fill=self.fill, num_fills=self.num_fills)
         K = process.num_steps
         self._device = device = process.device
@@ -472,7 +476,7 @@ class SMC:
         generator = as_generator(seed, plan.process.device)
         state, info = self.init(plan, generator)
         infos = [info]
-        bar = tqdm(plan.process.levels, desc=type(self).__name__, disable=_disable(self.progress), leave=False)
+        bar = progress_bar(plan.process.levels, progress=self.progress, desc=type(self).__name__, leave=False)
         for _ in bar:
             state, info = self.step(plan, state, generator)
             infos.append(info)
@@ -514,10 +518,6 @@ class SMC:
             "budget": None if self.budget is None else self.budget.as_dict(),
             **({"fill": self.fill, "num_fills": self.num_fills} if isinstance(self._kernel, MaskedKernel) else {}),
         }
-
-
-def _disable(progress: bool | None):
-    return None if progress is None else not progress
 
 
 def _check_increment(inc: torch.Tensor, s: int) -> None:

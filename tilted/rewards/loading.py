@@ -1,7 +1,9 @@
-"""Loading the networks behind rewards offline, with errors that say what to download.
+"""Loading the networks behind rewards and pipelines offline, with errors that say what to download.
 
 Everything loads from a local folder or file; a hub id works only where its files are in the Hugging
-Face cache or the network is reachable. When neither holds (``HF_HUB_OFFLINE=1`` makes transformers
+Face cache or the network is reachable. A path that looks local (``models/x``, ``./x``, ``/x``, ``~/x``)
+is never tried as a hub id; for the models the docs use (``KNOWN``) a missing folder names the real hub
+id to download. When neither holds (``HF_HUB_OFFLINE=1`` makes transformers
 fail at once), :class:`~tilted.errors.MissingWeightsError` names the exact ``hf download`` command and
 how to pass the downloaded folder.
 """
@@ -17,6 +19,9 @@ import torch
 from tilted.errors import MissingWeightsError
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+#: first folders that are local even where they look like a hub owner (the docs' ``models/<name>``;
+#: huggingface.co/models is no user)
+LOCAL_ROOTS = ("models",)
 
 
 def frozen(module: torch.nn.Module, *, device=None, dtype=None) -> torch.nn.Module:
@@ -27,43 +32,100 @@ def frozen(module: torch.nn.Module, *, device=None, dtype=None) -> torch.nn.Modu
 
 
 def is_local(source: str | os.PathLike) -> bool:
-    """Whether ``source`` names a local path (it exists, or it cannot be a hub id ``owner/name``)."""
+    """Whether ``source`` names a local path: a path object, a path that exists, one that cannot be a hub id
+    ``owner/name`` (``./x``, ``../x``, ``/x``, ``~/x``, ``a/b/c``), or one under ``models/``."""
     text = os.fspath(source)
-    return isinstance(source, os.PathLike) or Path(text).expanduser().exists() or not _HUB_ID.match(text)
+    if isinstance(source, os.PathLike) or Path(text).expanduser().exists() or not _HUB_ID.match(text):
+        return True
+    return text.split("/", 1)[0] in LOCAL_ROOTS and "/" in text
 
 
-#: ``hf download`` filters: a model without its TensorFlow/Flax copies, a processor's text files only
+#: ``hf download`` filters: a model without its TensorFlow/Flax copies, a processor's text files only,
+#: Stable Diffusion's diffusers weights only (docs/pipelines.md), FLUX without its single-file copies
 FILES = {
     "model": ' --exclude "*.h5" --exclude "*.msgpack"',
     "processor": ' --include "*.json" --include "*.txt"',
+    "stable-diffusion": ' --include "*.json" --include "*.txt" --include "*/diffusion_pytorch_model.safetensors" '
+    '--include "text_encoder/model.safetensors"',
+    "flux": ' --exclude "flux1-*.safetensors" --exclude "ae.safetensors"',
+}
+
+#: the models the docs use, by hub id: their ``FILES`` filters (the docs keep each in ``models/<name>``)
+KNOWN = {
+    "openai/clip-vit-large-patch14": "model",
+    "yuvalkirstain/PickScore_v1": "model",
+    "laion/CLIP-ViT-H-14-laion2B-s32B-b79K": "processor",
+    "stable-diffusion-v1-5/stable-diffusion-v1-5": "stable-diffusion",
+    "black-forest-labs/FLUX.1-dev": "flux",
+    "black-forest-labs/FLUX.1-schnell": "flux",
+    "facebook/esm2_t6_8M_UR50D": "model",
+}
+
+#: what else to know about downloading a known model
+NOTES = {
+    "stable-diffusion-v1-5/stable-diffusion-v1-5": "these files leave out the safety checker: load with "
+    "safety_checker=None, requires_safety_checker=False",
+    "black-forest-labs/FLUX.1-dev": "a gated repository: accept its licence on the hub and run `hf auth login` first",
 }
 
 
-def download_hint(hub_id: str, usage: str, *, files: str = "model") -> str:
-    """How to fetch ``hub_id`` where there is network and use it offline; ``usage`` is a template of the
-    call with ``{folder}`` where the folder goes."""
-    folder = f"models/{hub_id.rsplit('/', 1)[-1]}"
+def known_id(source: str | os.PathLike) -> str | None:
+    """The hub id of a model the docs use, from that id or the name of its folder (``models/<name>``)."""
+    text = os.fspath(source)
+    name = Path(text).name
+    return next((i for i in KNOWN if text == i or i.rsplit("/", 1)[-1] == name), None)
+
+
+def download_hint(hub_id: str | None, usage: str, *, files: str | None = None, folder: str | None = None) -> str:
+    """How to fetch ``hub_id`` where there is network into ``folder`` (default ``models/<name>``) and use it
+    offline; ``usage`` is a template of the call with ``{folder}`` where the folder goes. ``files`` names
+    the ``FILES`` filter (default: the known model's, else ``"model"``); no ``hub_id``: the generic command."""
+    if hub_id is None:
+        folder = folder or "models/NAME"
+        return (
+            f"create it where there is network with\n    hf download OWNER/NAME --local-dir {folder}\n"
+            "(OWNER/NAME: the model's hub id; the `hf` command comes with huggingface_hub), copy the folder here and "
+            "pass its path: " + usage.format(folder=repr(folder)) + "; or pass a hub id whose files are in the "
+            "local Hugging Face cache"
+        )
+    folder = folder or f"models/{hub_id.rsplit('/', 1)[-1]}"
+    note = f"; {NOTES[hub_id]}" if hub_id in NOTES else ""
     return (
-        f"download it where there is network with\n    hf download {hub_id}{FILES[files]} --local-dir {folder}\n"
-        f"(the `hf` command comes with huggingface_hub), copy the folder here and pass its path: "
-        + usage.format(folder=repr(folder))
+        f"download it where there is network with\n    hf download {hub_id}{FILES[files or KNOWN.get(hub_id, 'model')]} "
+        f"--local-dir {folder}\n(the `hf` command comes with huggingface_hub{note}), copy the folder here and pass "
+        "its path: " + usage.format(folder=repr(folder))
     )
 
 
 def from_pretrained(
-    loader, source: str | os.PathLike, *, what: str, default_id: str, usage: str, files: str = "model", **kwargs
+    loader,
+    source: str | os.PathLike,
+    *,
+    what: str,
+    default_id: str | None,
+    usage: str,
+    files: str | None = None,
+    **kwargs,
 ):
     """``loader.from_pretrained(source, **kwargs)``; a missing folder or unreachable hub id raises
-    :class:`~tilted.errors.MissingWeightsError` with the download command (for ``source`` if it is a hub
-    id, else for ``default_id``) and the call (``usage``, a template with ``{folder}``)."""
+    :class:`~tilted.errors.MissingWeightsError` with the download command and the call (``usage``, a
+    template with ``{folder}``): for ``source`` if it is a hub id or the folder of a model the docs use
+    (``KNOWN``), else for ``default_id`` (``None``: the generic command)."""
     text = os.fspath(source)
     local = is_local(source)
-    hub_id = default_id if local else text
+    known = known_id(text) if local else None
+    hub_id = known or (default_id if local else text)
+    folder = text if local and (known or hub_id is None) else None  # else models/<name> of the default
     if local and not Path(text).expanduser().is_dir():
-        raise MissingWeightsError(
-            f"{what}: no folder at {text!r}. The default is {default_id!r} from the Hugging Face hub: "
-            + download_hint(hub_id, usage, files=files)
-        )
+        hint = download_hint(hub_id, usage, files=files, folder=folder)
+        if known:
+            hint = f"It is {known!r} on the Hugging Face hub: {hint}"
+        elif hub_id:
+            hint = (
+                f"Pass the hub id of the model you meant, or create that folder with its files; the default is "
+                f"{hub_id!r} from the Hugging Face hub: {hint}"
+            )
+        raise MissingWeightsError(f"{what}: no folder at {text!r}. {hint[0].upper()}{hint[1:]}")
     try:
         return loader.from_pretrained(str(Path(text).expanduser()) if local else text, **kwargs)
     except OSError as error:
@@ -74,7 +136,7 @@ def from_pretrained(
                 f"{text!r} is not a local folder, and as a hub id it is neither in the local Hugging Face cache "
                 f"nor reachable ({first_line(error)})"
             )
-        hint = download_hint(hub_id, usage, files=files)
+        hint = download_hint(hub_id, usage, files=files, folder=folder)
         raise MissingWeightsError(f"{what}: {reason}. To use it offline, {hint}") from error
 
 
