@@ -15,8 +15,6 @@ the comparison can fail.
 from __future__ import annotations
 
 import io
-import re
-from pathlib import Path
 
 import pyro
 import pytest
@@ -449,14 +447,3 @@ def test_smc_with_a_clip_score_factor(clip_dir):
     assert result.particles["x"].shape == (8, 3, 8, 8)
     assert torch.isfinite(result.log_weights).all() and torch.isfinite(torch.as_tensor(result.log_evidence))
     assert result.counts.reward_calls > 0 and result.counts.gradient_evaluations > 0
-
-
-def test_docs_examples_run_as_written():
-    """The ``python`` blocks of docs/rewards.md run offline (``py`` blocks need downloaded weights)."""
-    text = (Path(__file__).resolve().parents[1] / "docs" / "rewards.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
-    assert len(blocks) == 2
-    for block in blocks:
-        namespace = {}
-        exec(compile(block, "docs/rewards.md", "exec"), namespace)  # noqa: S102
-    assert namespace["result"].particles["x"].shape == (256, 2)

@@ -24,7 +24,8 @@ from tilted.rewards import Quadratic
 from tilted.tempering import Exponential
 
 
-def das_toy() -> tuple[GaussianMixture, Quadratic]:
+def das_target() -> tuple[GaussianMixture, Quadratic]:
+    """The DAS Figure-1 toy's (data law, reward); :func:`tilted.diagnostics.toys.das_toy` builds its model."""
     grid = torch.tensor([-4.0, 0.0, 4.0])
     return GaussianMixture(torch.cartesian_prod(grid, grid), 0.3), Quadratic(A=torch.diag(torch.tensor([-0.01, -1.0])))
 
@@ -32,7 +33,7 @@ def das_toy() -> tuple[GaussianMixture, Quadratic]:
 def run_demo(out: str = "outputs", seed: int = 0, runs: int = 1000, particles: int = 16, steps: int = 100) -> dict:
     """Sample the toy with each engine; print a summary table and save ``out/demo.png``."""
     torch.manual_seed(seed)
-    data, reward = das_toy()
+    data, reward = das_target()
     alpha = 1.0
     prior = GaussianDiffusion(data=data, num_steps=steps)
     target, log_z = tilt_mixture(data, reward, alpha)

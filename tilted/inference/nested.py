@@ -4,7 +4,7 @@ Notes
 -----
 At step k every particle draws M candidates c_1, …, c_M ~ p_k(· | x_k) from the pretrained kernel
 and keeps one, c_J, with probability ∝ w_m = exp(ψ_{k-1}(c_m) − ψ_k(x_k)) (SVDD's soft choice,
-with the engine's potential ψ; DESIGN §2). Globally, particles are weighted by the *average local
+with the engine's potential ψ; README, Guarantees). Globally, particles are weighted by the *average local
 weight* and resampled across the run:
 
     G_k = log (1/M) Σ_m exp(ψ_{k-1}(c_m) − ψ_k(x_k)).

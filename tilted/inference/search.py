@@ -12,7 +12,7 @@ candidate is kept, gives the next step's kernel moments.
 - :class:`BeamSearch` keeps the best N of all N·M candidates of a run at every step;
 - :class:`BestOfN` runs M pretrained chains per returned particle and keeps the best final sample.
 
-None of them samples the tilted target (DESIGN §2); they return unweighted particles (uniform
+None of them samples the tilted target (README, Guarantees); they return unweighted particles (uniform
 ``log_weights``, NaN ``log_evidence``: :mod:`tilted.inference.walk`) with their exact final rewards.
 For a consistent sampler with the same moves use :class:`~tilted.inference.NestedIS`.
 

@@ -4,7 +4,7 @@ Guidance and search engines score a state x_k at level k by the one-sample value
 
     ψ̂(x_k) = Σ_j r_j(x̂_0(x_k)) / α_j        (ψ̂(x_0) = Σ_j r_j(x_0)/α_j exactly at level 0),
 
-the log-tilt of the denoiser's prediction (DESIGN §2: v̂_k = r(x̂_0(x_k)), in units of the tilt). For a
+the log-tilt of the denoiser's prediction (README, Guarantees: v̂_k = r(x̂_0(x_k)), in units of the tilt). For a
 masked (discrete) model x̂_0 is a table of per-position probabilities, and ψ̂ is read off *fills*
 (clean sequences drawn from x̂_0, :mod:`tilted.inference.discrete`): with ``fill="soft"`` the soft
 value log (1/M) Σ_m exp(Σ_j r_j(f_m)/α_j) over M fills (common random numbers per run, as in SMC),
