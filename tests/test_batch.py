@@ -92,8 +92,13 @@ model_options = { num_steps = [6, 8] }
     assert np.array_equal(
         a["sample_stats"]["log_marginal_likelihood"].values, b["sample_stats"]["log_marginal_likelihood"].values
     )
-    # a deleted result is rerun, the others are not
+    # a deleted result is rerun, the others are not; --dry-run says so first and runs nothing
     (out / "gradient.nc").unlink()
+    capsys.readouterr()
+    assert main(["batch", str(spec), "--out", str(out), "--dry-run"]) == 0
+    listed = capsys.readouterr().out
+    assert "5 tasks, 1 to run, 4 already done" in listed and "run   gradient  seed=3" in listed
+    assert not (out / "gradient.nc").exists()
     main(["batch", str(spec), "--out", str(out), "--no-progress"])
     assert "1 done, 0 failed, 4 already done" in capsys.readouterr().out
 

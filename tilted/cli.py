@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
         "--timeout", type=float, default=None, help="seconds a task may run before it is stopped (a failed attempt)"
     )
     batch.add_argument("--no-progress", action="store_true", help="no progress bar")
+    batch.add_argument(
+        "--dry-run", action="store_true", help="list the tasks and which of them would run, and run nothing"
+    )
 
     report = sub.add_parser("report", help="write a self-contained HTML report of a saved result")
     report.add_argument("result", help="a netCDF file written by `tilted run`, or a folder written by `tilted batch`")
@@ -129,6 +134,8 @@ def _batch(args) -> int:
             raise BatchError(f"--timeout must be > 0 seconds, got {args.timeout}")
         if args.backend == "local" and (args.address or args.workers):
             raise BatchError("--address and --workers are options of --backend ray")
+        if args.dry_run:
+            return _dry_run(tasks, Store(args.out) if Path(args.out).exists() else None)
         store = Store(args.out)
         previous = signal.signal(signal.SIGTERM, stop)
         try:
@@ -155,9 +162,19 @@ def _batch(args) -> int:
     return 1 if summary.failed else 0
 
 
-def _report(args) -> int:
-    from pathlib import Path
+def _dry_run(tasks, store) -> int:
+    """``tilted batch --dry-run``: the tasks, and those a run would run (refusing changed options as a run would)."""
+    if store is not None:
+        store.check(tasks)
+    pending = {t.id for t in (store.pending(tasks) if store is not None else tasks)}
+    print(f"{len(tasks)} tasks, {len(pending)} to run, {len(tasks) - len(pending)} already done")
+    for task in tasks:
+        options = {k: task.table[k] for k in ("model_options", "engine_options") if task.table.get(k)}
+        print(f"  {'run ' if task.id in pending else 'done'}  {task.id}  seed={task.seed}  {json.dumps(options)}")
+    return 0
 
+
+def _report(args) -> int:
     if Path(args.result).is_dir():  # a batch folder: one page over its tasks
         from tilted.batch.report import write_batch_report
         from tilted.batch.store import BatchError
