@@ -371,3 +371,27 @@ def test_masked_discrete_results_convert_and_round_trip(tmp_path):
     assert torch.equal(from_datatree(load(save(dt, tmp_path / "d.nc"))).particles["x"], res.particles["x"])
     assert diagnose(dt).get("ess_final").passed is not None
     assert "samples[x]" not in figures(dt)  # token sequences get no scatter
+
+
+def test_intermediate_potential_judges_the_tail_only_where_the_weights_spread():
+    """k̂ is scale-free: a step after which the population keeps ESS ≥ N/2 can have k̂ > 0.7 and mislead
+    nothing. A healthy gradient-SMC run (DAS toy, α = 10, whose step-41 k̂ was 2.2 with increments in
+    [−0.3, 0.24]) passes; the same run with heavy-tailed increments (log of Pareto(1/2) weights, k ≈ 2) at a
+    step whose ESS fell below N/2 fails on k̂, and passes again when that step's ESS is put back."""
+    res = SMC(das_toy(num_steps=50, temperature=10), 256, proposal="gradient", num_runs=4).run(seed=0)
+    dt = to_datatree(res)
+    assert diagnose(dt).get("intermediate_potential").passed is True
+    steps = dt["steps"].to_dataset()
+    inc, ess = steps["log_increment"].values.copy(), steps["ess"].values.copy()
+    inc[:, 20] = 2.0 * np.random.default_rng(0).exponential(size=inc[:, 20].shape)  # w = exp(2E): Pareto k = 2
+    ess[1, 20] = 60.0
+
+    def judged(ess):
+        dt["steps"] = xr.DataTree(
+            steps.assign(log_increment=(steps["log_increment"].dims, inc), ess=(steps["ess"].dims, ess))
+        )
+        return diagnose(dt).get("intermediate_potential")
+
+    verdict = judged(ess)
+    assert verdict.passed is False and "k̂ of the incremental weights" in verdict.message
+    assert judged(steps["ess"].values).passed is True

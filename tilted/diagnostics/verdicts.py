@@ -320,7 +320,8 @@ def check_intermediate_potential(
 
     name = "intermediate_potential"
     rule = (
-        f"early min ESS ≥ {min_early_ess_fraction:g}·N, k̂ of intermediate incremental weights < {max_khat:g}, "
+        f"early min ESS ≥ {min_early_ess_fraction:g}·N, k̂ of intermediate incremental weights < {max_khat:g} "
+        "(at steps after which ESS < N/2), "
         f"drift clipped for ≤ {max_clipped:.0%} of particles per step"
     )
     if "steps" not in dt.children or _unweighted(dt):
@@ -341,6 +342,11 @@ def check_intermediate_potential(
         inc = st["log_increment"].values[:, 1 : S - 1]  # intermediate steps: not x_K's draw, not the exact end
         pooled = np.moveaxis(inc, 1, 0).reshape(S - 2, R * N)
         k = np.atleast_1d(pareto_khat(pooled))  # NaN where constant (e.g. zero rewards)
+        # k̂ judges a tail's shape, not its size: a step after which the population keeps half its
+        # effective size (ESS ≥ N/2 in every run, the usual resampling threshold) was not misled, whatever
+        # the shape of its increments (nearly uniform ones, or one restoring a down-weighted particle)
+        costly = (ess[:, 1 : S - 1] < 0.5 * N).any(0)  # (S - 2,)
+        k = np.where(costly, k, np.nan)
         if not np.all(np.isnan(k)):
             khat, at = _worst(k, lowest=False)
             if khat >= max_khat:
@@ -352,7 +358,8 @@ def check_intermediate_potential(
         problems.append(f"the trust region scaled {clipped:.0%} of the drifts at step {at}")
         tries.add("drift")
     if not problems:
-        msg = f"early min ESS {early_ess:.1f} of {N}, max k̂ {khat:.2f}, max drift clipped {clipped:.0%}"
+        judged = f"max k̂ {khat:.2f}" if not math.isnan(khat) else "ESS ≥ N/2 after every step (k̂ not judged)"
+        msg = f"early min ESS {early_ess:.1f} of {N}, {judged}, max drift clipped {clipped:.0%}"
         return Verdict(name, early_ess, min_early_ess_fraction * N, True, msg, rule)
     advice = []
     if "weight" in tries:
