@@ -5,13 +5,13 @@ The README's and docs' code blocks run in tests/test_doc_blocks.py.
 
 import pyro
 import pytest
-from test_doc_blocks import run_block  # noqa: F401  (tests of exempted doc blocks import it from here)
 
 import tilted
 from tilted.cli import main
 from tilted.demo import das_target, run_demo
 from tilted.demo_digits import run_digits_demo
 from tilted.distributions import GaussianDiffusion
+from tilted.errors import ModelError
 from tilted.inference import das, fk_steering
 from tilted.tempering import Exponential
 
@@ -72,3 +72,14 @@ def test_presets_configure_published_samplers():
     assert resampled_steps == [4, 8, 12, 16]
     res = das(model, 64, num_steps=20, num_runs=4).run(seed=0)
     assert res.log_evidence.isfinite().all() and res.counts.gradient_evaluations > 0
+    # K is read from the model: forgetting num_steps on a 20-step model no longer gives 100 steps' γ
+    assert das(model, 8).tempering.gamma == pytest.approx(0.04) and fk_steering(model, 8).resample_every == 4
+    with pytest.raises(ModelError, match="num_steps=100 but the model's process has 20 steps"):
+        das(model, 8, num_steps=100)
+
+    def needs_args(scale):
+        tilted.factor("r", reward, pyro.sample("x", prior), temperature=scale)
+
+    with pytest.raises(ModelError, match="pass num_steps=K"):
+        fk_steering(needs_args, 8)
+    assert das(needs_args, 8, num_steps=20).tempering.gamma == pytest.approx(0.04)
