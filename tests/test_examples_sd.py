@@ -35,7 +35,7 @@ def weights(tmp_path_factory):
 
 def test_the_readme_stable_diffusion_example_runs_on_tiny_weights(weights):
     """README's SD block as written, with its folders pointing at tiny weights, CPU and float32, 2 steps."""
-    from test_docs_and_demo import run_block
+    from test_doc_blocks import run_block
 
     namespace = run_block(
         "README.md",

@@ -277,7 +277,7 @@ def test_saved_pipelines_load_from_a_local_folder_as_real_weights_do(sd3, flux, 
 
 def test_the_flux_block_of_the_pipelines_guide_runs_on_tiny_weights(flux, clip_path, tmp_path):
     """docs/pipelines.md's FLUX block as written, its folders pointing at tiny weights, CPU, float32, 2 steps."""
-    from test_docs_and_demo import run_block
+    from test_doc_blocks import run_block
 
     flux.save_pretrained(tmp_path / "flux")
     namespace = run_block(

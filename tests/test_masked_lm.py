@@ -123,7 +123,7 @@ def test_bad_arguments_get_clear_errors(esm):
 def test_the_esm2_block_of_the_sequences_guide_runs_on_a_saved_tiny_esm(esm, tmp_path):
     """docs/sequences.md's ESM-2 block as written, the folder pointing at a tiny ESM saved with
     save_pretrained (the files ESM-2's folder has), on CPU with 4 steps."""
-    from test_docs_and_demo import run_block
+    from test_doc_blocks import run_block
 
     model, tok = esm
     model.save_pretrained(tmp_path / "esm")

@@ -88,7 +88,9 @@ def progress_bar(iterable: Iterable | None = None, *, progress: bool | None = No
     kwargs.setdefault("delay", 0.0 if progress else DELAY)
     if cls is _plain:
         stream = kwargs.setdefault("file", sys.stderr)
-        if not (in_notebook() or _isatty(stream)):  # a log file: fewer refreshes, and keep the last state
+        if in_notebook():  # text in a notebook's output: a refresh a second keeps the saved output small
+            kwargs.setdefault("mininterval", 1.0)
+        elif not _isatty(stream):  # a log file: fewer refreshes, and keep the last state
             kwargs.setdefault("mininterval", LOG_INTERVAL)
             kwargs["leave"] = True
     return cls(iterable, disable=False, **kwargs)
