@@ -4,6 +4,7 @@ No timing assertions: wall times are reported by ``./run bench``, never tested.
 """
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -379,3 +380,15 @@ def test_scaling_benchmark_keeps_every_engine_within_its_budget_and_writes_its_p
     assert (tmp_path / "docs/figures/bench_scaling.png").stat().st_size > 10_000
     for name in scaling.ENGINES:
         assert f"| {name} |" in page
+
+
+def test_the_batch_page_estimate_matches_docs_batch_md(tmp_path):
+    """docs/batch.md states the SD sketch's estimate; it is what benchmarks.batch computes and draws."""
+    from benchmarks.batch import draw_cluster, sd_estimate
+
+    e = sd_estimate()
+    assert (e["tasks"], round(e["seconds_per_task"]), round(e["gpu_hours"], 1)) == (2000, 12, 6.8)
+    text = (Path(__file__).resolve().parents[1] / "docs" / "batch.md").read_text()
+    assert f"≈ {e['wall_hours'] * 60:.0f} minutes on 8 GPUs" in text and "6.8 GPU-hours" in text
+    draw_cluster(tmp_path / "c.png", e)
+    assert (tmp_path / "c.png").stat().st_size > 20_000
