@@ -7,6 +7,7 @@ import shutil
 import sys
 import tempfile
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -148,8 +149,8 @@ def test_a_dead_worker_is_replaced_and_its_task_retried_failures_are_recorded(tm
         spec.read_text().split("[[tasks]]")[0]
         + '[[tasks]]\nid = "slow"\nmodel_options = { sleep = 600 }\n[[tasks]]\nid = "fine"\nseed = 2\n'
     )
-    summary = run_ray(load_batch(slow), Store(tmp_path / "slow"), progress=False, workers=2, timeout=15)
-    assert summary.done == ["fine"] and summary.failed["slow"] == "TaskTimeout: ran longer than the time limit of 15 s"
+    summary = run_ray(load_batch(slow), Store(tmp_path / "slow"), progress=False, workers=2, timeout=20)
+    assert summary.done == ["fine"] and summary.failed["slow"] == "TaskTimeout: ran longer than the time limit of 20 s"
     entry = json.loads((tmp_path / "slow" / "manifest.json").read_text())["tasks"]["fine"]
     assert entry["host"].split(":")[1] != str(os.getpid())  # the manifest says where it ran
     # more workers than fit start as many as fit; none fitting is an error, not a hang
@@ -178,3 +179,28 @@ def test_workers_table_and_options_are_checked(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # Ray not installed
     assert main(["batch", str(spec), "--out", out, "--backend", "ray"]) == 2
     assert "pip install 'tilted[ray]'" in capsys.readouterr().err
+
+
+def test_address_joins_a_running_cluster_and_leaves_it_running(tmp_path, ray_tmp, capsys):
+    """`ray start --head` as on a cluster's head node, then `tilted batch --address auto`; an unreachable
+    address is a one-line error, not a traceback."""
+    import subprocess
+
+    binary = Path(sys.executable).with_name("ray")
+    head = [str(binary), "start", "--head", "--num-cpus", "1", "--include-dashboard", "false", "--port", "0"]
+    subprocess.run(head, check=True, capture_output=True, timeout=120)
+    try:
+        factory_file(tmp_path)
+        spec = tmp_path / "batch.toml"
+        spec.write_text(SPEC.replace("seed = [0, 1, 2, 3, 4]", "seed = [0]"))
+        out = str(tmp_path / "out")
+        assert main(["batch", str(spec), "--out", out, "--backend", "ray", "--address", "auto", "--no-progress"]) == 0
+        assert "2 done, 0 failed" in capsys.readouterr().out
+        status = subprocess.run([str(binary), "status"], capture_output=True, text=True, timeout=60)
+        assert status.returncode == 0  # the cluster is still up after the batch disconnected
+    finally:
+        subprocess.run([str(binary), "stop", "--force"], capture_output=True, timeout=120)
+    fresh = str(tmp_path / "fresh")
+    assert main(["batch", str(spec), "--out", fresh, "--backend", "ray", "--address", "127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot join the Ray cluster at '127.0.0.1:1'" in err and "Traceback" not in err

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 import sys
 import tempfile
 import time
@@ -52,6 +53,20 @@ class Worker:
             path = Path(folder) / "result.nc"
             dt.to_netcdf(path, engine=NETCDF_ENGINE)
             return path.read_bytes(), log_z, where()
+
+
+def _check_reachable(address: str) -> None:
+    """A ``host:port`` that refuses connections fails here at once (Ray itself retries for minutes)."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return  # "auto", or a form Ray resolves itself
+    try:
+        socket.create_connection((host, int(port)), timeout=10).close()
+    except OSError as exc:
+        raise BatchError(
+            f"cannot join the Ray cluster at {address!r}: {exc} (is `ray start --head` running there? "
+            "`ray status` on the head says; without --address a local cluster starts)"
+        ) from None
 
 
 def _capacity(ray, need: Workers) -> int:
@@ -94,13 +109,22 @@ def run_ray(
         if not queue:
             return ledger.summary
         if not ray.is_initialized():
+            if address:
+                _check_reachable(address)
             options = (
                 {"address": address}
                 if address
                 else {"num_cpus": (workers or os.cpu_count() or 1) * max(resources.num_cpus, 1)}
             )
-            ray.init(**options, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-            started = True
+            try:
+                ray.init(**options, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                where = f"join the Ray cluster at {address!r}" if address else "start a local Ray cluster"
+                raise BatchError(
+                    f"cannot {where}: {str(exc).splitlines()[0]} (is `ray start --head` running there? "
+                    "`ray status` says; without --address a local cluster starts)"
+                ) from exc
+            started = True  # ray.shutdown() at the end stops a local cluster, or disconnects from a joined one
         fits = _capacity(ray, resources)
         if fits < 1:
             raise BatchError(
@@ -134,8 +158,10 @@ def run_ray(
             ray.kill(worker)
             actors.remove(worker)
             actors.append(actor.remote())
+            ray.get(actors[-1].__ray_ready__.remote())  # started (tilted imported) before its clock runs
             return actors[-1]
 
+        ray.get([worker.__ray_ready__.remote() for worker in actors])  # time limits count from a started worker
         for worker in actors:
             submit(worker)
         while flight:
