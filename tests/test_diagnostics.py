@@ -395,3 +395,21 @@ def test_intermediate_potential_judges_the_tail_only_where_the_weights_spread():
     verdict = judged(ess)
     assert verdict.passed is False and "k̂ of the incremental weights" in verdict.message
     assert judged(steps["ess"].values).passed is True
+
+
+def test_more_runs_than_particles_converts_without_a_dimension_warning():
+    """Runs are ArviZ chains by design; arviz-base warned "chain dimension longer than draw" on every
+    conversion with more runs than particles."""
+    import warnings
+
+    res = SMC(das_toy(num_steps=5), 8, num_runs=16).run(seed=0)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", "Found chain dimension")
+        dt = to_datatree(res)
+    assert dt["posterior"].sizes["chain"] == 16
+
+
+def test_an_undefined_khat_shows_no_threshold():
+    """With N = 8 the PSIS threshold 1 − 1/log10 N is −0.107: a number nobody can meet, shown next to "undefined"."""
+    verdict = diagnose(SMC(das_toy(num_steps=5), 8, num_runs=2).run(seed=0)).get("pareto_khat")
+    assert verdict.passed is None and verdict.threshold is None and "undefined" in verdict.message

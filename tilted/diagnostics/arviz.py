@@ -198,7 +198,9 @@ def to_datatree(
     prior = _baseline(result, baseline, factors)
     if prior is not None:
         groups["prior"] = {**prior[0], rname: prior[1]}
-    dt = azb.from_dict(groups, dims=dims, coords=coords)
+    with warnings.catch_warnings():  # runs are chains by design: more runs than draws is no naming mistake
+        warnings.filterwarnings("ignore", "Found chain dimension to be longer than draw dimension")
+        dt = azb.from_dict(groups, dims=dims, coords=coords)
 
     stats = dt["sample_stats"].to_dataset()
     stats["log_marginal_likelihood"] = ("chain", _runs(result.log_evidence.to(torch.float64), batched))

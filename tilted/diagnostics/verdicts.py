@@ -269,7 +269,7 @@ def check_pareto_khat(dt: xr.DataTree) -> Verdict:
     k = np.atleast_1d(pareto_khat(lw))
     if np.all(np.isnan(k)):
         why = "fewer than 25 particles" if N < 25 else "the largest weights are all equal (uniform weights)"
-        return Verdict("pareto_khat", None, threshold, None, f"k̂ undefined: {why}", rule)
+        return Verdict("pareto_khat", None, None, None, f"k̂ undefined: {why}", rule)  # no threshold to show
     worst, run = _worst(k, lowest=False)
     passed = bool(worst < threshold)
     where = f" (run {run})" if R > 1 else ""
