@@ -204,3 +204,41 @@ def test_address_joins_a_running_cluster_and_leaves_it_running(tmp_path, ray_tmp
     assert main(["batch", str(spec), "--out", fresh, "--backend", "ray", "--address", "127.0.0.1:1"]) == 2
     err = capsys.readouterr().err
     assert "cannot join the Ray cluster at '127.0.0.1:1'" in err and "Traceback" not in err
+
+
+def test_sigterm_on_the_ray_driver_leaves_complete_files_and_stops_its_cluster(tmp_path, ray_tmp):
+    """A scheduler's SIGTERM to `tilted batch --backend ray`: exit 130, only whole results, no temporaries,
+    its local cluster stopped (no raylet left), and the rerun finishes the rest."""
+    import signal
+    import subprocess
+    import time
+
+    factory_file(tmp_path)
+    spec = tmp_path / "batch.toml"
+    spec.write_text(
+        SPEC.replace("num_particles = 16", "num_particles = 2048").replace("[5, 6]", "[100]")
+        + "\n".join(
+            f"[[tasks]]\nid = 'extra{i}'\nseed = {10 + i}\nmodel_options = {{ num_steps = 100 }}" for i in range(4)
+        )
+    )
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "tilted.cli", "batch", str(spec), "--out", str(out), "--backend", "ray"]
+    cmd += ["--workers", "2", "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while time.time() < deadline and not (out / "manifest.json").exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    manifest = json.loads((out / "manifest.json").read_text())["tasks"]
+    files = sorted(out.glob("*.nc"))
+    assert 1 <= len(manifest) < 9 and len(files) == len(manifest)
+    for f in files:
+        assert load(f)["particles"]["x"].shape[-2:] == (2048, 2)
+    assert not [p for p in out.iterdir() if ".tmp-" in p.name]
+    raylets = subprocess.run(["pgrep", "-f", f"raylet.*{ray_tmp}"], capture_output=True, text=True)
+    assert raylets.stdout.strip() == "", "the driver's local Ray cluster outlived it"
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert len(json.loads((out / "manifest.json").read_text())["tasks"]) == 9

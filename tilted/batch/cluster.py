@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -116,8 +118,11 @@ def run_ray(
                 if address
                 else {"num_cpus": (workers or os.cpu_count() or 1) * max(resources.num_cpus, 1)}
             )
+            handler = signal.getsignal(signal.SIGTERM)  # Ray's init replaces it: keep the caller's (Ctrl-C-like stop)
             try:
                 ray.init(**options, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+                if handler is not None and threading.current_thread() is threading.main_thread():
+                    signal.signal(signal.SIGTERM, handler)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 where = f"join the Ray cluster at {address!r}" if address else "start a local Ray cluster"
                 raise BatchError(
