@@ -145,6 +145,8 @@ def test_failures_are_retried_recorded_and_do_not_stop_the_others(tmp_path, caps
     assert manifest["flaky"]["status"] == "done" and manifest["flaky"]["attempts"] == 2
     assert manifest["broken"]["status"] == "failed" and manifest["broken"]["attempts"] == 3
     assert "num_particles must be a positive integer" in manifest["broken"]["error"]
+    assert "Traceback (most recent call last)" in manifest["broken"]["traceback"]  # where it failed, for the morning
+    assert "traceback" not in manifest["fine"] or manifest["fine"]["traceback"] is None
     assert manifest["fine"]["status"] == "done"
     assert not (out / "broken.nc").exists()
     assert "failed broken" in capsys.readouterr().out
@@ -260,6 +262,7 @@ engine_options = { num_particles = 0 }
         assert f"<code>{tid}</code>" in page
     assert "engine.proposal" in page and "&quot;gradient&quot;" in page  # the option that varies has a column
     assert "num_particles must be a positive integer" in page and "3 tasks: 2 done, 1 failed" in page
-    assert page.count("<details") == 2 and "http" not in page
+    assert page.count("<details") == 3 and "http" not in page  # a section per task, the failed one's traceback
+    assert "Traceback (most recent call last)" in page
     assert main(["report", str(tmp_path), "--out", str(tmp_path / "x.html")]) == 2
     assert "not a folder written by `tilted batch`" in capsys.readouterr().err

@@ -136,6 +136,8 @@ def test_a_dead_worker_is_replaced_and_its_task_retried_failures_are_recorded(tm
     assert entries["crash"]["status"] == "done" and entries["crash"]["attempts"] == 2
     assert entries["broken"]["status"] == "failed" and entries["broken"]["attempts"] == 2
     assert "num_particles must be a positive integer" in entries["broken"]["error"]  # the error, as locally
+    remote = entries["broken"]["traceback"]  # the worker's traceback: files and lines, no terminal colours
+    assert 'File "' in remote and ", line " in remote and "num_particles" in remote and "\x1b[" not in remote
     assert entries["fine"]["status"] == "done" and summary.failed.keys() == {"broken"}
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["crash.nc", "fine.nc", "manifest.json"]
     # without retries a dying worker is a failed task, and the batch goes on

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import signal
 import socket
 import sys
@@ -27,7 +28,7 @@ import time
 from collections import deque
 from pathlib import Path
 
-from tilted.batch.local import Ledger, Summary, TaskTimeout, describe, run_task, where
+from tilted.batch.local import Ledger, Summary, TaskTimeout, describe, run_task, traceback_of, where
 from tilted.batch.store import BatchError, Store
 from tilted.batch.tasks import Task, Workers
 
@@ -177,7 +178,7 @@ def run_ray(
             else:  # the oldest task ran out of time: its worker is stopped and replaced
                 ref = min(flight, key=lambda r: flight[r][2])
             worker, task, _ = flight.pop(ref)
-            error, host = None, None
+            error, host, trace = None, None, None
             try:
                 if not ready:
                     worker = replace(worker)
@@ -187,17 +188,20 @@ def run_ray(
             except ray.exceptions.RayActorError as exc:  # the worker process died: replace it
                 error = f"worker died ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
                 worker = replace(worker)
-            except ray.exceptions.RayTaskError as exc:
-                error = describe(getattr(exc, "cause", None) or exc)
+            except ray.exceptions.RayTaskError as exc:  # its text holds the worker's traceback
+                error, trace = (
+                    describe(getattr(exc, "cause", None) or exc),
+                    re.sub(r"\x1b\[[0-9;]*m", "", str(exc))[-4000:],
+                )
             except Exception as exc:  # noqa: BLE001 - a time limit, or a result that could not be written
-                error = describe(exc)
+                error, trace = describe(exc), traceback_of(exc)
             seconds = time.perf_counter() - began[task.id]
             if error is None:
                 ledger.done(task, log_z, attempts[task.id], seconds, host=host)
             elif attempts[task.id] <= retries:
                 queue.appendleft(task)
             else:
-                ledger.failed(task, error, attempts[task.id], seconds)
+                ledger.failed(task, error, attempts[task.id], seconds, trace)
             if queue:
                 submit(worker)
     finally:

@@ -18,6 +18,7 @@ import os
 import signal
 import socket
 import time
+import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -72,8 +73,8 @@ class Ledger:
         self.summary.done.append(task.id)
         self._finish(task)
 
-    def failed(self, task: Task, error: str, attempts: int, seconds: float) -> None:
-        self.store.record(task, "failed", error=error, attempts=attempts, seconds=seconds)
+    def failed(self, task: Task, error: str, attempts: int, seconds: float, traceback: str | None = None) -> None:
+        self.store.record(task, "failed", error=error, attempts=attempts, seconds=seconds, traceback=traceback)
         self.summary.failed[task.id] = error
         self._finish(task)
 
@@ -92,6 +93,11 @@ class TaskTimeout(Exception):
 
 def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
+
+
+def traceback_of(exc: BaseException, limit: int = 4000) -> str:
+    """The end of ``exc``'s formatted traceback, for the manifest (a morning's debugging needs the line)."""
+    return "".join(traceback.format_exception(exc))[-limit:]
 
 
 def where() -> str:
@@ -139,20 +145,20 @@ def run_local(
     try:
         for task in ledger.pending:
             ledger.started(task)
-            start, error = time.perf_counter(), None
+            start, error, trace = time.perf_counter(), None, None
             for attempt in range(1, retries + 2):
                 try:
                     with time_limit(timeout):
                         dt, log_z = run_task(task, models)
                     store.save(task, dt)
                 except Exception as exc:  # noqa: BLE001 - a failing task is a result; the others go on
-                    error = describe(exc)
+                    error, trace = describe(exc), traceback_of(exc)
                     continue
                 ledger.done(task, log_z, attempt, time.perf_counter() - start)
                 error = None
                 break
             if error is not None:
-                ledger.failed(task, error, retries + 1, time.perf_counter() - start)
+                ledger.failed(task, error, retries + 1, time.perf_counter() - start, trace)
     finally:
         ledger.close()
     return ledger.summary

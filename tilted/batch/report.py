@@ -4,7 +4,7 @@ A table with a row per task of the manifest — id, status, seed, the options th
 tasks, log Ẑ (mean over runs), the final ESS, the overall verdict with the failed diagnostics, and
 each reward's tilted mean — then one collapsible section per task with its verdict table
 (:func:`tilted.diagnostics.diagnose`; the per-task plots are one ``tilted report DIR/<id>.nc`` away, so
-a thousand-task page stays small). Failed tasks show their error.
+a thousand-task page stays small). Failed tasks show their error, and a section with its traceback.
 """
 
 from __future__ import annotations
@@ -43,9 +43,16 @@ def render_batch_report(folder: str | Path) -> str:
         opts = [_e(json.dumps(entry["contents"].get(t, {}).get(k))) for t, k in varying]
         if entry["status"] != "done" or not (folder / entry["file"]).exists():
             error = entry.get("error", "file missing")
+            if entry.get("traceback"):
+                sections.append(
+                    f'<details id="{_e(tid)}"><summary><code>{_e(tid)}</code> — failed</summary>'
+                    f"<pre>{_e(entry['traceback'])}</pre></details>"
+                )
             rows.append(
                 [
-                    f"<code>{_e(tid)}</code>",
+                    f'<a href="#{_e(tid)}"><code>{_e(tid)}</code></a>'
+                    if entry.get("traceback")
+                    else f"<code>{_e(tid)}</code>",
                     '<span class="FAIL">failed</span>',
                     _e(entry.get("seed")),
                     *opts,
